@@ -1,0 +1,143 @@
+r"""The GRPO objective (DeepSeekMath, arXiv 2402.03300, eq. 3; DeepSeek-R1, arXiv 2501.12948).
+
+For a question q the old policy samples a group of G outputs o_1..o_G with rewards r_i.
+
+Advantage (outcome supervision), the same for every token of o_i::
+
+    A_i = (r_i - mean(r_1..r_G)) / std(r_1..r_G)
+
+``std`` is the sample standard deviation (N-1), as in TRL and verl. A group whose rewards
+are all equal carries no signal: its advantages are 0 (never a division by zero) and it is
+counted in ``zero_std_frac``. Dr. GRPO (arXiv 2503.20783) drops the division by std.
+
+Per-token objective, maximised::
+
+    ρ_it  = π_θ(o_it | q, o_i<t) / π_old(o_it | q, o_i<t)
+    l_it  = min(ρ_it A_i, clip(ρ_it, 1 - ε_low, 1 + ε_high) A_i) - β KL_it
+    KL_it = π_ref/π_θ - log(π_ref/π_θ) - 1        (k3 estimator, unbiased, >= 0)
+
+ε_high = ε_low is the original clip; ε_high > ε_low is DAPO's clip-higher (arXiv 2503.14476).
+The loss is -l aggregated over tokens by one of ``AGGREGATIONS``:
+
+    grpo     1/G Σ_i 1/|o_i| Σ_t l_it                  DeepSeekMath eq. 3 (per-sequence mean)
+    dapo     Σ_i Σ_t l_it / Σ_i |o_i|                   DAPO eq. 8 (token mean over the batch)
+    dr_grpo  Σ_i Σ_t l_it / (G · L_max)                 Dr. GRPO (constant normaliser)
+
+The normalisers are those of the *whole batch*, passed in explicitly, so that splitting a
+batch into micro-batches with gradient accumulation gives the same gradient as processing
+it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = True, eps: float = 1e-6):
+    """Group-relative advantages for rewards laid out group after group.
+
+    Returns (advantages [N], zero_std [N // group_size] bool): groups whose rewards have
+    std <= eps get advantage 0 and are flagged.
+    """
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.view(-1, group_size).to(torch.float64)
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(dim=1, keepdim=True)  # unbiased (N-1)
+    zero = std.squeeze(1) <= eps
+    centred = r - mean
+    if scale_std:
+        centred = torch.where(std > eps, centred / std.clamp_min(eps), torch.zeros_like(centred))
+    else:
+        centred = torch.where(std > eps, centred, torch.zeros_like(centred))
+    return centred.reshape(-1).to(rewards.dtype), zero
+
+
+def _grpo(loss_tok, mask, norm):
+    return ((loss_tok * mask).sum(-1) / mask.sum(-1).clamp_min(1)).sum() / norm.num_sequences
+
+
+def _dapo(loss_tok, mask, norm):
+    return (loss_tok * mask).sum() / norm.num_tokens
+
+
+def _dr_grpo(loss_tok, mask, norm):
+    return (loss_tok * mask).sum() / (norm.num_sequences * norm.max_len)
+
+
+AGGREGATIONS = {"grpo": _grpo, "dapo": _dapo, "dr_grpo": _dr_grpo}
+
+
+@dataclass
+class Normaliser:
+    """Batch-wide counts the aggregations divide by (see module docstring)."""
+
+    num_sequences: int
+    num_tokens: int
+    max_len: int
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, max_len: int | None = None) -> "Normaliser":
+        return cls(int(mask.shape[0]), max(int(mask.sum().item()), 1), int(max_len or mask.shape[1]))
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL_it = π_ref/π_θ - log(π_ref/π_θ) - 1 (Schulman's k3), always >= 0."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    aggregation: str = "grpo",
+    norm: Normaliser | None = None,
+    sequence_ratio: bool = False,
+):
+    """The GRPO loss (to minimise) and its statistics.
+
+    logp, old_logp, ref_logp, mask: [B, T] per completion token; advantages: [B].
+    old_logp None means π_old = π_θ (μ = 1): ρ is 1 in value, its gradient is ∇log π_θ.
+    sequence_ratio: GSPO (arXiv 2507.18071), ρ_i = exp(mean_t log ρ_it) for every token.
+    Returns (loss, stats) where stats holds detached kl, clip_frac and ratio means.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    mask = mask.to(logp.dtype)
+    norm = norm or Normaliser.of(mask)
+    eps_high = eps_low if eps_high is None else eps_high
+    old = logp.detach() if old_logp is None else old_logp
+    log_ratio = logp - old
+    if sequence_ratio:
+        seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        log_ratio = seq.unsqueeze(-1).expand_as(logp)
+    ratio = torch.exp(log_ratio)
+    adv = advantages.to(logp.dtype).unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+    per_token = -torch.min(unclipped, clipped)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs reference log-probs")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+    loss = AGGREGATIONS[aggregation](per_token, mask, norm)
+    with torch.no_grad():
+        n = mask.sum().clamp_min(1)
+        is_clipped = (clipped < unclipped).to(mask.dtype)  # the clip bound was taken
+        stats = {
+            "clip_frac": float((is_clipped * mask).sum() / n),
+            "ratio": float((ratio * mask).sum() / n),
+            "kl": float((kl * mask).sum() / n) if kl is not None else 0.0,
+        }
+    return loss, stats
