@@ -1,0 +1,108 @@
+"""The `thinkrl` command.
+
+    thinkrl zero  [--out DIR] [--resume] [section.key=value ...]   R1-Zero on the embedded tiny model
+    thinkrl train --config FILE.yaml [--out DIR] [--resume] [...]   the same GRPO for any causal LM
+    thinkrl build-tiny [--out DIR]                                  rebuild the embedded model and task
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError, describe, load_config
+
+
+def _latest_run(root: Path) -> Path | None:
+    runs = sorted((p for p in root.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def _run_training(args, config_path: str | None) -> int:
+    from .data import DataError
+
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        out = _latest_run(Path("runs"))
+        if out is None:
+            print("--resume: no run under runs/ to resume; give --out DIR", file=sys.stderr)
+            return 2
+    if out is None:
+        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.resume and config_path is None and (out / "config.yaml").exists():
+        config_path = str(out / "config.yaml")  # continue the run with the settings it started with
+    try:
+        cfg = load_config(config_path, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"thinkrl: {e}", file=sys.stderr)
+        return 2
+    if args.steps is not None:
+        cfg.train.steps = args.steps
+    if args.no_progress:
+        cfg.log.progress = False
+    if args.profile:
+        cfg.train.profile = True
+
+    from .trainer import GRPOTrainer
+
+    print(f"thinkrl: {describe(cfg)}")
+    try:
+        trainer = GRPOTrainer(cfg, out, resume=args.resume)
+    except (DataError, ValueError) as e:
+        print(f"thinkrl: {e}", file=sys.stderr)
+        return 2
+    n_params = sum(p.numel() for p in trainer.policy.parameters())
+    where = f"resuming from {trainer.resumed_from}" if trainer.resumed_from else "from step 0"
+    print(f"thinkrl: model {cfg.model.path} ({n_params / 1e6:.2f}M parameters) on {trainer.device}; "
+          f"{len(trainer.train_rows)} train / {len(trainer.eval_rows)} held-out questions; {where}; run dir {out}")
+    s = trainer.run()
+    acc = ""
+    if s.get("accuracy_start") is not None and s.get("accuracy_end") is not None:
+        acc = f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; "
+    print(f"thinkrl: {'interrupted at' if s['interrupted'] else 'done,'} step {s['steps']}; {acc}"
+          f"{s['wall_seconds']:.0f}s; report {out / 'report.html'}")
+    return 130 if s["interrupted"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
+    for noisy in ("httpx", "urllib3", "transformers", "math_verify", "latex2sympy2_extended"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    parser = argparse.ArgumentParser(prog="thinkrl", description="Reasoning through reinforcement learning (GRPO, DeepSeek-R1).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def training_args(p):
+        p.add_argument("--out", help="run directory (default runs/<timestamp>; with --resume, the newest run)")
+        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+        p.add_argument("--steps", type=int, help="override train.steps")
+        p.add_argument("--profile", action="store_true", help="time each phase of a step precisely (CUDA sync)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+        p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=1e-5 rollout.group_size=16")
+
+    training_args(sub.add_parser("zero", help="R1-Zero GRPO on the embedded tiny model and task (the main job)"))
+    p_train = sub.add_parser("train", help="GRPO on any transformers causal LM from a YAML config")
+    p_train.add_argument("--config", required=False, help="YAML config (see configs/)")
+    training_args(p_train)
+    p_build = sub.add_parser("build-tiny", help="rebuild the embedded tiny model, tokenizer and task data")
+    p_build.add_argument("rest", nargs=argparse.REMAINDER)
+
+    args = parser.parse_args(argv)
+    if args.command == "zero":
+        return _run_training(args, None)
+    if args.command == "train":
+        if args.config is None and not args.resume:
+            parser.error("train needs --config FILE.yaml (or --resume --out DIR)")
+        return _run_training(args, args.config)
+    if args.command == "build-tiny":
+        from .task.build import main as build_main
+
+        return build_main(args.rest) or 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

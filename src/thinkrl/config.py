@@ -1,0 +1,293 @@
+"""Typed run configuration: one source of defaults, loaded from YAML, overridden from the
+command line (`section.key=value`), validated at start with messages that say what to change.
+
+A user sets a few numbers (prompts per step, group size); everything else is derived and
+printed at start. The defaults are the main job: R1-Zero on the embedded tiny model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "embedded"  # "embedded" (the packaged tiny model), a local directory or a hub id
+    tokenizer: str | None = None  # defaults to `path`
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
+    device: str = "auto"  # auto: cuda when available, else cpu
+    template: str = "r1_zero"  # r1_zero (verbatim R1-Zero prompt), chat, none, or a string with {prompt}
+
+
+@dataclass
+class DataConfig:
+    train: str = "embedded"  # "embedded" or a JSONL path
+    eval: str = "embedded"  # "embedded", a JSONL path, or "none"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    level_field: str = "level"  # optional difficulty column, used to break metrics down
+    eval_size: int = 300  # at most this many held-out questions (0 = all)
+    max_prompt_tokens: int = 256
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # hf: batched sampling with a KV cache through transformers
+    group_size: int = 8  # G, samples per question
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 48
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+
+
+@dataclass
+class ObjectiveConfig:
+    beta: float = 0.0  # KL coefficient; 0 loads no reference model at all
+    eps_low: float = 0.2  # clip ε
+    eps_high: float | None = None  # clip-higher (DAPO uses 0.28); None = eps_low
+    loss_agg: str = "grpo"  # grpo | dapo | dr_grpo (see thinkrl.objective)
+    scale_std: bool | None = None  # divide advantages by the group std; None: yes unless dr_grpo
+    mu: int = 1  # inner updates per batch of samples (π_old frozen for them)
+    ref_reset_every: int = 0  # replace π_ref by the current policy every N steps (R1: 400); 0 = never
+    sequence_ratio: bool = False  # GSPO's sequence-level ratio
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 5
+    schedule: str = "constant"  # constant | linear | cosine (after warm-up)
+
+
+@dataclass
+class RewardsConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 150
+    prompts_per_step: int = 8  # questions per step; completions per step = prompts_per_step × G
+    micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation beyond)
+    seed: int = 0
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+    profile: bool = False
+
+
+@dataclass
+class EvalConfig:
+    every: int = 50  # held-out evaluation every N steps (and at start and end); 0 = start/end only
+    temperature: float = 0.6  # R1 protocol: sampling, never greedy
+    top_p: float = 0.95
+    samples: int = 1  # samples per question; accuracy is their mean (pass@1)
+    max_new_tokens: int = 64
+    batch_size: int = 256
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = False
+    wandb_project: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.train.prompts_per_step * self.rollout.group_size
+
+    @property
+    def scale_std(self) -> bool:
+        s = self.objective.scale_std
+        return (self.objective.loss_agg != "dr_grpo") if s is None else s
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        d = self.to_dict()
+        d["optim"]["betas"] = list(d["optim"]["betas"])
+        return yaml.safe_dump(d, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(value, typ, where: str):
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, str, bool):
+        if typ is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ConfigError(f"{where} must be {typ.__name__}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], where) for v in value]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def _apply(obj, values: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'" + _suggest(key, names))
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{where}' is a section; give it keys such as {where}.{names[0]}")
+            _apply(current, value, where + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], where))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['optim.lr=1e-5', 'rollout.group_size=16'] -> nested dict; values parsed as YAML."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=1e-5")
+        path, raw = item.split("=", 1)
+        node = out
+        parts = path.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then command-line overrides; then validation."""
+    cfg = Config()
+    if path is not None:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, rollout:, ...)")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from .objective import AGGREGATIONS
+
+    errors = []
+    r, o, t, e, opt = cfg.rollout, cfg.objective, cfg.train, cfg.eval, cfg.optim
+
+    def need(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    need(r.group_size >= 2, f"rollout.group_size is {r.group_size}: GRPO needs at least 2 samples per question "
+         "to compare them (the group mean is the baseline); set rollout.group_size=8 or more")
+    need(t.prompts_per_step >= 1, "train.prompts_per_step must be >= 1")
+    need(t.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+    n = cfg.completions_per_step
+    need(t.micro_batch_size >= n or n % t.micro_batch_size == 0,
+         f"train.micro_batch_size={t.micro_batch_size} does not divide the {n} completions per step "
+         f"(prompts_per_step {t.prompts_per_step} × group_size {r.group_size}); choose a divisor of {n}")
+    need(r.max_new_tokens > 0, f"rollout.max_new_tokens must be positive, got {r.max_new_tokens}")
+    need(e.max_new_tokens > 0, f"eval.max_new_tokens must be positive, got {e.max_new_tokens}")
+    need(cfg.data.max_prompt_tokens > 0, f"data.max_prompt_tokens must be positive, got {cfg.data.max_prompt_tokens}")
+    need(r.temperature > 0, "rollout.temperature must be > 0 (GRPO samples; there is no greedy rollout)")
+    need(e.temperature > 0, "eval.temperature must be > 0 (the R1 protocol samples; use 0.6)")
+    need(0 < r.top_p <= 1 and 0 < e.top_p <= 1, "top_p must be in (0, 1]")
+    need(r.top_k >= 0, "rollout.top_k must be >= 0 (0 turns it off)")
+    need(r.engine in ("hf",), f"rollout.engine {r.engine!r} is not available; use hf")
+    need(o.loss_agg in AGGREGATIONS, f"objective.loss_agg {o.loss_agg!r} is unknown; choose one of {sorted(AGGREGATIONS)}")
+    need(o.beta >= 0, "objective.beta must be >= 0")
+    need(0 < o.eps_low < 1 or o.eps_low >= 1 and o.eps_high is None,
+         f"objective.eps_low={o.eps_low}: the clip range 1-ε must stay positive; use ε < 1 (R1 used ε=10 only as a ratio cap)")
+    need(o.eps_high is None or o.eps_high >= o.eps_low, "objective.eps_high must be >= objective.eps_low (clip-higher)")
+    need(o.mu >= 1, "objective.mu must be >= 1")
+    need(o.ref_reset_every >= 0, "objective.ref_reset_every must be >= 0")
+    need(not (o.ref_reset_every and o.beta == 0),
+         "objective.ref_reset_every is set but beta is 0, so there is no reference model to reset; set beta > 0 or ref_reset_every=0")
+    need(opt.lr > 0, "optim.lr must be positive")
+    need(opt.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 turns clipping off)")
+    need(opt.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+    need(opt.schedule in ("constant", "linear", "cosine"), f"optim.schedule {opt.schedule!r}: use constant, linear or cosine")
+    need(t.steps >= 1, "train.steps must be >= 1")
+    need(t.save_every >= 0 and e.every >= 0, "train.save_every and eval.every must be >= 0")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1 (the newest complete checkpoint is always kept)")
+    need(e.samples >= 1, "eval.samples must be >= 1")
+    need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r}: use auto, float32 or bfloat16")
+    need(bool(cfg.rewards.weights), "rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
+    from .rewards import REWARDS
+
+    for name in cfg.rewards.weights:
+        need(name in REWARDS or ":" in name,
+             f"rewards.weights names unknown reward {name!r}" + _suggest(name, sorted(REWARDS))
+             + " (or give an import path package.module:function)")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def describe(cfg: Config) -> str:
+    """The derived numbers, printed at start."""
+    r, t = cfg.rollout, cfg.train
+    n = cfg.completions_per_step
+    micro = min(t.micro_batch_size, n)
+    return (
+        f"{t.steps} steps × {t.prompts_per_step} questions × G={r.group_size} = {n} completions/step "
+        f"(≤{r.max_new_tokens} tokens, T={r.temperature}); {n // micro} micro-batch(es) of {micro}; "
+        f"μ={cfg.objective.mu}, β={cfg.objective.beta}, ε={cfg.objective.eps_low}/"
+        f"{cfg.objective.eps_high or cfg.objective.eps_low}, loss={cfg.objective.loss_agg}, "
+        f"std-scaled advantages={cfg.scale_std}, lr={cfg.optim.lr}"
+    )

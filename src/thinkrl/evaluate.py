@@ -1,0 +1,46 @@
+"""Held-out evaluation during and after training, by the R1 protocol: sampled answers
+(temperature 0.6, top-p 0.95 by default), accuracy = mean correctness over the samples
+(pass@1), broken down by difficulty level, with response length, format rate and the rate
+of reflective words."""
+
+from __future__ import annotations
+
+import torch
+
+from .metrics import by_level, has_reflection, mean
+from .rollout import SamplingParams
+
+
+def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: int, prefix: str = "eval") -> dict:
+    """Metrics of one evaluation pass; `seed` fixes the samples so that a resumed run and an
+    uninterrupted one evaluate identically, without touching the training random streams."""
+    from .rewards import get_reward
+
+    accuracy, fmt = get_reward("accuracy"), get_reward("format")
+    e = cfg.eval
+    params = SamplingParams(n=e.samples, temperature=e.temperature, top_p=e.top_p,
+                            max_new_tokens=e.max_new_tokens, stop=list(cfg.rollout.stop))
+    gen = torch.Generator().manual_seed(seed)
+    correct, fmt_ok, lengths, reflect, levels = [], [], [], [], []
+    per_batch = max(1, e.batch_size // e.samples)
+    for start in range(0, len(rows), per_batch):
+        batch_rows = rows[start: start + per_batch]
+        out = engine.generate(prompt_ids[start: start + per_batch], params, generator=gen)
+        expanded = [r for r in batch_rows for _ in range(e.samples)]
+        answers = [r["answer"] for r in expanded]
+        correct += accuracy(out.texts, answer=answers)
+        fmt_ok += fmt(out.texts)
+        lengths += [len(c) for c in out.completion_ids]
+        reflect += [float(has_reflection(t)) for t in out.texts]
+        levels += [r.get("level") for r in expanded]
+    has_levels = any(lv is not None for lv in levels)
+    result = {
+        f"{prefix}/accuracy": mean(correct),
+        f"{prefix}/format_rate": mean(fmt_ok),
+        f"{prefix}/completion_len": mean(lengths),
+        f"{prefix}/reflection_rate": mean(reflect),
+    }
+    if has_levels:
+        result.update(by_level(correct, levels, f"{prefix}/accuracy"))
+        result.update(by_level(lengths, levels, f"{prefix}/completion_len"))
+    return result

@@ -1,0 +1,83 @@
+"""Where metrics go: `metrics.jsonl` always (one line per step), TensorBoard or W&B when asked."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+REFLECTION_WORDS = ("wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check")
+_REFLECTION_RE = re.compile(r"\b(" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def has_reflection(text: str) -> bool:
+    """Does the text use one of the reflective words the R1 paper counted (§2.2, "aha moment")?"""
+    return _REFLECTION_RE.search(text) is not None
+
+
+def mean(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def by_level(values, levels, prefix: str) -> dict:
+    """{prefix/level_k: mean of values whose level is k} for every level present."""
+    out = {}
+    if levels is None:
+        return out
+    for lv in sorted({lv for lv in levels if lv is not None}, key=str):
+        out[f"{prefix}/level_{lv}"] = mean([v for v, l in zip(values, levels) if l == lv])
+    return out
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: Path, tensorboard: bool = False, wandb_project: str | None = None, config: dict | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs `pip install thinkrl[tensorboard]`
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        if wandb_project:
+            import wandb  # needs `pip install thinkrl[wandb]`
+
+            self.wandb = wandb.init(project=wandb_project, dir=str(run_dir), config=config)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: forget lines written after the checkpoint the run continues from."""
+        if not self.path.exists():
+            return
+        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+        self.path.write_text("".join(l + "\n" for l in keep))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
+            f.flush()
+        step = row["step"]
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                if self.tb:
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]

@@ -1,0 +1,107 @@
+"""The policy network: loading any transformers causal LM, and the per-token log-probs of
+completions that the objective needs (for π_θ, π_old and π_ref alike).
+
+Batches use the rollout layout: prompts left-padded to P columns, completions right-padded
+to C columns, so the logits at columns P-1 .. P+C-2 predict completion tokens 0 .. C-1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_model_path(path: str) -> str:
+    if path == "embedded":
+        from .task import TINY_DIR
+
+        return str(TINY_DIR)
+    return path
+
+
+def load_model(path: str, device: torch.device, requires_grad: bool = True):
+    """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch.float32)
+    model.to(device)
+    if not requires_grad:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def autocast(device: torch.device, dtype: str = "auto"):
+    """bfloat16 autocast on CUDA (unless float32 was asked for); plain float32 on CPU."""
+    use_bf16 = dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # [N, P + C]
+    attention_mask: torch.Tensor  # [N, P + C]
+    completion_ids: torch.Tensor  # [N, C]
+    completion_mask: torch.Tensor  # [N, C] bool
+    prompt_len: int  # P
+
+    def __len__(self):
+        return self.input_ids.shape[0]
+
+    def slice(self, s: slice) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids[s], self.attention_mask[s], self.completion_ids[s],
+                             self.completion_mask[s], self.prompt_len)
+
+    @classmethod
+    def build(cls, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device) -> "SequenceBatch":
+        N = len(prompt_ids)
+        P = max(len(p) for p in prompt_ids)
+        C = max(1, max(len(c) for c in completion_ids))
+        ids = torch.full((N, P + C), pad_id, dtype=torch.long)
+        attn = torch.zeros((N, P + C), dtype=torch.long)
+        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+            ids[i, P - len(p): P] = torch.tensor(p, dtype=torch.long)
+            ids[i, P: P + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[i, P - len(p): P + len(c)] = 1
+        comp_mask = attn[:, P:].bool()
+        return cls(ids.to(device), attn.to(device), ids[:, P:].to(device), comp_mask.to(device), P)
+
+
+def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log π(o_t | q, o_<t) for every completion token, [N, C] (padding positions hold junk
+    values and are masked by the caller). Logits are divided by the sampling temperature, so
+    these are log-probs of the distribution the rollout engine sampled from."""
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    C = batch.completion_ids.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                use_cache=False, logits_to_keep=C + 1)
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    token_logits = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+    return token_logits - torch.logsumexp(logits, dim=-1)
+
+
+def save_pretrained(model, tokenizer, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)

@@ -1,0 +1,18 @@
+"""Rollout engines: who samples the group of completions for each question.
+
+The trainer talks only to `RolloutEngine` (engine.py). `HFEngine` (hf.py) samples with
+transformers and a KV cache in the trainer's own process; a vLLM engine or remote Ray
+workers implement the same two methods.
+"""
+
+from .engine import RolloutEngine, Rollouts, SamplingParams
+from .hf import HFEngine
+
+
+def make_engine(name: str, model, tokenizer, device) -> RolloutEngine:
+    if name == "hf":
+        return HFEngine(model, tokenizer, device)
+    raise ValueError(f"unknown rollout engine {name!r}; available: hf")
+
+
+__all__ = ["RolloutEngine", "Rollouts", "SamplingParams", "HFEngine", "make_engine"]

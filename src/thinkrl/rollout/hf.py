@@ -1,0 +1,148 @@
+"""Batched sampling with a KV cache through transformers, in the trainer's own process.
+
+Why not `model.generate`: we need the log-probs of what was sampled, stop strings checked
+cheaply, and finished sequences dropped from the batch (measured on the tiny model: a plain
+cache loop with dropping is faster than `generate`, EMBEDDED-TASK.md). Each prompt is
+pre-filled once and its cache repeated for the G samples of its group.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .engine import Rollouts, SamplingParams
+
+
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
+    """Draw one token per row; return (tokens, log-probs under logits / temperature).
+
+    top-k and top-p truncate the distribution that is sampled from; the log-prob returned is
+    that of the untruncated tempered distribution, which is what the trainer recomputes.
+    Sampling is by inverse CDF with uniforms drawn on the CPU generator, so a seed gives the
+    same draws on any device.
+    """
+    scaled = logits.float() / params.temperature
+    logp = torch.log_softmax(scaled, dim=-1)
+    filtered = scaled
+    if params.top_k and params.top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if params.top_p < 1.0:
+        probs_sorted, order = torch.softmax(filtered, dim=-1).sort(dim=-1, descending=True)
+        # drop a token when the tokens more likely than it already cover top_p
+        drop_sorted = probs_sorted.cumsum(-1) - probs_sorted > params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        filtered = filtered.masked_fill(drop, float("-inf"))
+    cdf = torch.softmax(filtered, dim=-1).cumsum(-1)
+    u = torch.rand(scaled.shape[0], 1, generator=generator).to(scaled.device) * cdf[:, -1:]
+    tokens = (cdf < u).sum(-1).clamp_(max=scaled.shape[-1] - 1)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class HFEngine:
+    """A `RolloutEngine` over a transformers causal LM (the policy itself: no weight sync)."""
+
+    def __init__(self, model, tokenizer, device):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {i for i in eos + [tokenizer.eos_token_id] if i is not None}
+        if not self.eos_ids:
+            raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        # transformers >= 5.2x names the KV cache argument `cache`, earlier ones `past_key_values`
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._stop_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def sync_weights(self, model) -> None:
+        self.model = model
+
+    def _stop_candidates(self, stops: list[str]) -> torch.Tensor:
+        """Tokens whose text holds the last character of a stop string: only after one of these
+        can a stop string have just been completed, so only then is the tail decoded."""
+        key = tuple(stops)
+        if key not in self._stop_cache:
+            lasts = {s[-1] for s in stops if s}
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            flags = [any(c in t for c in lasts) for t in texts]
+            vocab = max(len(flags), int(getattr(self.model.config, "vocab_size", 0) or 0))
+            self._stop_cache[key] = torch.tensor(flags + [False] * (vocab - len(flags)), dtype=torch.bool)
+        return self._stop_cache[key]
+
+    def _forward(self, **kw):
+        cache = kw.pop("cache", None)
+        if cache is not None:
+            kw[self._cache_arg] = cache
+        out = self.model(use_cache=True, **kw)
+        return out.logits[:, -1], out["cache"] if "cache" in out else out.past_key_values
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, params: SamplingParams, generator=None) -> Rollouts:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._generate(prompt_ids, params, generator)
+        finally:
+            self.model.train(was_training)
+
+    def _generate(self, prompt_ids, params, generator) -> Rollouts:
+        dev, n = self.device, params.n
+        B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompt_ids):  # left padding: every prompt ends at column P-1
+            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, P - len(p):] = 1
+        ids, attn = ids.to(dev), attn.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp_(min=0)
+        logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            logits, attn = logits.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
+        N, T = B * n, params.max_new_tokens
+        out_tok = torch.full((N, T), self.pad_id, dtype=torch.long)
+        out_lp = torch.zeros((N, T))
+        lengths = torch.zeros(N, dtype=torch.long)
+        finish = ["length"] * N
+        active = torch.arange(N)
+        next_pos = attn.sum(-1)
+        eos = torch.tensor(sorted(self.eos_ids), device=dev)
+        stop_tok = self._stop_candidates(params.stop).to(dev) if params.stop else None
+        for t in range(T):
+            tok, lp = sample_tokens(logits, params, generator)
+            out_tok[active, t] = tok.cpu()
+            out_lp[active, t] = lp.float().cpu()
+            lengths[active] += 1
+            done = torch.isin(tok, eos)
+            if stop_tok is not None:
+                maybe = (stop_tok[tok] & ~done).nonzero().flatten().tolist()
+                for j in maybe:
+                    row = int(active[j])
+                    tail = self.tokenizer.decode(out_tok[row, max(0, t - 16): t + 1].tolist())
+                    if any(s in tail for s in params.stop):
+                        done[j] = True
+            for j in done.nonzero().flatten().tolist():
+                finish[int(active[j])] = "stop"
+            if t == T - 1 or bool(done.all()):
+                break
+            if bool(done.any()):  # drop finished sequences from the batch and its cache
+                keep = (~done).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                attn, next_pos, tok, active = attn[keep], next_pos[keep], tok[keep], active[keep.cpu()]
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+            logits, cache = self._forward(input_ids=tok[:, None], attention_mask=attn,
+                                          position_ids=next_pos[:, None], cache=cache)
+            next_pos = next_pos + 1
+        comp = [out_tok[i, : lengths[i]].tolist() for i in range(N)]
+        return Rollouts(
+            prompt_ids=[list(prompt_ids[i // n]) for i in range(N)],
+            completion_ids=comp,
+            logprobs=[out_lp[i, : lengths[i]].tolist() for i in range(N)],
+            texts=self.tokenizer.batch_decode(comp, skip_special_tokens=True),
+            finish_reasons=finish,
+        )

@@ -1,0 +1,345 @@
+"""The GRPO trainer. One step, in the order of SYSTEM.md §1:
+
+    questions  = the next prompts_per_step questions
+    rollouts   = G samples per question from π_old (the current policy)
+    rewards    = the weighted rule rewards of each sample
+    advantages = group-relative (objective.group_advantages)
+    update     = μ optimizer steps on the GRPO loss (objective.grpo_loss), each over all
+                 samples in micro-batches with gradient accumulation
+    log, evaluate every N steps, checkpoint every N steps
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import Config
+from .data import load_dataset
+from .evaluate import evaluate
+from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
+from .objective import Normaliser, group_advantages, grpo_loss
+from .policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
+from .rewards.combine import WeightedRewards
+from .rollout import SamplingParams, make_engine
+from .template import render
+
+log = logging.getLogger("thinkrl")
+
+
+def lr_lambda(cfg: Config):
+    total = cfg.train.steps * cfg.objective.mu
+    warm = cfg.optim.warmup_steps
+
+    def f(i: int) -> float:
+        if warm and i < warm:
+            return (i + 1) / warm
+        frac = (i - warm) / max(1, total - warm)
+        if cfg.optim.schedule == "linear":
+            return max(0.0, 1 - frac)
+        if cfg.optim.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        return 1.0
+
+    return f
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        random.seed(t.seed)
+        torch.manual_seed(t.seed)
+        self.device = resolve_device(cfg.model.device)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+        self.policy = load_model(cfg.model.path, self.device)
+        self.policy.train()
+        # β = 0: no reference model is loaded at all
+        self.ref = load_model(cfg.model.path, self.device, requires_grad=False) if cfg.objective.beta > 0 else None
+        self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
+        self.rewards = WeightedRewards(cfg.rewards.weights)
+        self.pad_id = self.engine.pad_id
+
+        d = cfg.data
+        self.train_rows, self.train_prompts = self._prepare(load_dataset(d.train, "train", d.question_field, d.answer_field), "train")
+        self.eval_rows, self.eval_prompts = [], []
+        if d.eval != "none":
+            rows = load_dataset(d.eval, "test", d.question_field, d.answer_field)
+            self.eval_rows, self.eval_prompts = self._prepare(rows[: d.eval_size or None], "eval")
+
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        from .data import PromptSampler
+
+        self.sampler = PromptSampler(len(self.train_rows), t.seed)
+        self.generator = torch.Generator().manual_seed(t.seed)
+        self.step = 0
+        self.wall_before = 0.0  # seconds spent by earlier segments of a resumed run
+        self.bad_steps = 0
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
+        self.resumed_from = self._resume() if resume else None
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, rows: list[dict], split: str):
+        tmpl, limit = self.cfg.model.template, self.cfg.data.max_prompt_tokens
+        kept, prompts, too_long = [], [], 0
+        for row in rows:
+            ids = self.tokenizer(render(row["question"], tmpl, self.tokenizer), add_special_tokens=False)["input_ids"]
+            if len(ids) > limit:
+                too_long += 1
+                continue
+            kept.append(row)
+            prompts.append(ids)
+        if too_long:
+            log.warning("%s: skipped %d of %d questions longer than data.max_prompt_tokens=%d",
+                        split, too_long, len(rows), limit)
+        if not kept:
+            raise ValueError(f"{split}: every question is longer than data.max_prompt_tokens={limit}; raise it")
+        return kept, prompts
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(),
+            "ref_model": self.ref.state_dict() if self.ref is not None and self.cfg.objective.ref_reset_every else None,
+            "wall_seconds": self.wall_before + (time.time() - self.t_start if hasattr(self, "t_start") else 0.0),
+            "bad_steps": self.bad_steps,
+        }
+
+    def _resume(self):
+        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if found is None:
+            log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.run_dir / "checkpoints")
+            self.metrics.truncate_after(-1)
+            return None
+        ckpt.load_weights(self.policy, found)
+        s = ckpt.load_trainer_state(found)
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.sampler.load_state_dict(s["sampler"])
+        self.generator.set_state(s["generator"])
+        torch.set_rng_state(s["torch_rng"])
+        if s.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        random.setstate(s["python_rng"])
+        if self.ref is not None and s.get("ref_model") is not None:
+            self.ref.load_state_dict(s["ref_model"])
+        self.step, self.wall_before, self.bad_steps = s["step"], s["wall_seconds"], s["bad_steps"]
+        self.metrics.truncate_after(self.step)
+        log.info("resumed from %s (step %d)", found, self.step)
+        return found
+
+    def save(self) -> Path:
+        t = self.cfg.train
+        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.policy, self.tokenizer,
+                                    self.state_dict(), keep=t.keep_checkpoints)
+
+    # ------------------------------------------------------------------ one step
+    def _logprobs(self, model, batch: SequenceBatch, micro: int, grad: bool = False):
+        with torch.no_grad(), autocast(self.device, self.cfg.model.dtype):
+            return torch.cat([completion_logprobs(model, batch.slice(slice(i, i + micro)), self.cfg.rollout.temperature)
+                              for i in range(0, len(batch), micro)])
+
+    def train_step(self) -> dict:
+        cfg, r, o = self.cfg, self.cfg.rollout, self.cfg.objective
+        G, timing = r.group_size, {}
+        sync = (lambda: torch.cuda.synchronize()) if cfg.train.profile and self.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+
+        # 1. a group of G samples per question from π_old
+        idx = self.sampler.next(cfg.train.prompts_per_step)
+        rows = [self.train_rows[i] for i in idx]
+        params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=list(r.stop))
+        rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
+        sync()
+        timing["generate"] = time.perf_counter() - t0
+
+        # 2. rule rewards, 3. group-relative advantages
+        t1 = time.perf_counter()
+        group_rows = [row for row in rows for _ in range(G)]
+        total, per_reward = self.rewards(rollouts.texts, group_rows, prompts=[row["question"] for row in group_rows])
+        rewards = torch.tensor(total, dtype=torch.float32)
+        advantages, zero_std = group_advantages(rewards, G, cfg.scale_std)
+        timing["reward"] = time.perf_counter() - t1
+
+        # 4. the update. Samples with zero advantage add nothing to the clipped term, so
+        # without a KL term they are left out of the forward/backward; the batch-wide
+        # normaliser still counts them, so the gradient is unchanged.
+        t2 = time.perf_counter()
+        full = SequenceBatch.build(rollouts.prompt_ids, rollouts.completion_ids, self.pad_id, self.device)
+        norm = Normaliser.of(full.completion_mask, max_len=r.max_new_tokens)
+        keep = torch.arange(len(full)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
+        micro = cfg.train.micro_batch_size
+        stats = {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
+        loss_sum, grad_norm, skipped = 0.0, 0.0, False
+        if len(keep):
+            batch = SequenceBatch.build([rollouts.prompt_ids[i] for i in keep], [rollouts.completion_ids[i] for i in keep],
+                                        self.pad_id, self.device)
+            adv = advantages[keep].to(self.device)
+            old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 else None  # μ = 1: π_old = π_θ
+            ref_logp = self._logprobs(self.ref, batch, micro) if self.ref is not None else None
+            sync()
+            timing["logprobs"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            for _ in range(o.mu):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
+                ntok = batch.completion_mask.sum().clamp_min(1).item()
+                for i in range(0, len(batch), micro):
+                    s = slice(i, i + micro)
+                    mb = batch.slice(s)
+                    with autocast(self.device, cfg.model.dtype):
+                        logp = completion_logprobs(self.policy, mb, r.temperature)
+                    loss, st = grpo_loss(logp, None if old_logp is None else old_logp[s], adv[s], mb.completion_mask,
+                                         ref_logp=None if ref_logp is None else ref_logp[s], beta=o.beta,
+                                         eps_low=o.eps_low, eps_high=o.eps_high, aggregation=o.loss_agg,
+                                         norm=norm, sequence_ratio=o.sequence_ratio)
+                    loss.backward()
+                    loss_sum += loss.item()
+                    w = mb.completion_mask.sum().item() / ntok
+                    for k in acc:
+                        acc[k] += st[k] * w
+                stats = acc
+                max_norm = cfg.optim.max_grad_norm or float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+                if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                    skipped = True  # never apply a NaN/inf update
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
+                self.optimizer.step()
+                self.scheduler.step()
+            sync()
+            timing["update"] = time.perf_counter() - t3
+        else:
+            for _ in range(o.mu):  # the learning-rate schedule still advances
+                self.scheduler.step()
+            timing["logprobs"] = timing["update"] = 0.0
+        self.step += 1
+        self.bad_steps = self.bad_steps + 1 if skipped else 0
+
+        if o.ref_reset_every and self.ref is not None and self.step % o.ref_reset_every == 0:
+            self.ref.load_state_dict(self.policy.state_dict())  # R1: π_ref ← π_θ every 400 steps
+
+        lengths = [len(c) for c in rollouts.completion_ids]
+        levels = [row.get("level") for row in group_rows] if "level" in rows[0] else None
+        m = {
+            "step": self.step,
+            "reward": mean(total),
+            "reward_std": float(rewards.std()) if len(total) > 1 else 0.0,
+            "completion_len": mean(lengths),
+            "truncated_frac": mean([float(f == "length") for f in rollouts.finish_reasons]),
+            "reflection_rate": mean([float(has_reflection(t)) for t in rollouts.texts]),
+            "zero_std_frac": float(zero_std.float().mean()),
+            "loss": loss_sum,
+            "grad_norm": grad_norm,
+            "kl": stats["kl"],
+            "clip_frac": stats["clip_frac"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "skipped": int(skipped),
+        }
+        for name, values in per_reward.items():
+            vals = [v for v in values if v is not None]
+            m[f"rewards/{name}"] = mean(vals)
+            m[f"rewards/{name}_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+        if "format" in per_reward:
+            m["format_rate"] = m["rewards/format"]
+        m.update(by_level(lengths, levels, "completion_len"))
+        m["step_seconds"] = time.perf_counter() - t0
+        m.update({f"timing/{k}": v for k, v in timing.items()})
+        return m
+
+    # ------------------------------------------------------------------ the run
+    def evaluate(self) -> dict:
+        if not self.eval_rows:
+            return {}
+        t = time.perf_counter()
+        out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.train.seed + 1)
+        out["timing/eval"] = time.perf_counter() - t
+        return out
+
+    def run(self) -> dict:
+        from .progress import Progress
+
+        cfg = self.cfg
+        self.t_start = time.time()
+        if self.step == 0:
+            row = {"step": 0, **self.evaluate()}
+            self.metrics.write(row)
+        progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
+        interrupted = False
+        try:
+            while self.step < cfg.train.steps:
+                m = self.train_step()
+                last = self.step == cfg.train.steps
+                if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
+                    m.update(self.evaluate())
+                m["time"] = self.wall_before + time.time() - self.t_start
+                if last or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
+                    t = time.perf_counter()
+                    self.save()
+                    m["timing/checkpoint"] = time.perf_counter() - t
+                self.metrics.write(m)
+                progress.update(m)
+                if self.bad_steps >= 5:
+                    raise RuntimeError(f"{self.bad_steps} consecutive steps had a NaN/inf loss or gradient; the "
+                                       "learning rate may be too high (optim.lr) or a reward returned inf")
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.close()
+            print(f"\ninterrupted at step {self.step}: writing a checkpoint; continue with --resume")
+            self.save()
+        progress.close()
+        self.metrics.close()
+        summary = self.write_summary(interrupted)
+        return summary
+
+    def write_summary(self, interrupted: bool = False) -> dict:
+        rows = read_metrics(self.run_dir)
+        evals = [r for r in rows if r.get("eval/accuracy") is not None]
+        start = evals[0] if evals and evals[0]["step"] == 0 else None
+        end = evals[-1] if evals else None
+        summary = {
+            "steps": self.step,
+            "accuracy_start": start["eval/accuracy"] if start else None,
+            "accuracy_end": end["eval/accuracy"] if end else None,
+            "accuracy_end_step": end["step"] if end else None,
+            "wall_seconds": round(self.wall_before + time.time() - self.t_start, 2),
+            "interrupted": interrupted,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "final_checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints") or ""),
+        }
+        for key in ("completion_len", "format_rate", "reflection_rate"):
+            if start and end:
+                summary[f"{key}_start"] = start.get(f"eval/{key}")
+                summary[f"{key}_end"] = end.get(f"eval/{key}")
+        if start and end:
+            summary["accuracy_by_level"] = {
+                k.split("/")[-1]: [start.get(k), end.get(k)] for k in end if k.startswith("eval/accuracy/level_")}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            from .report import write_report
+
+            write_report(self.run_dir)
+        except Exception as e:  # the run's results are already on disk; a plot must not lose them
+            log.warning("could not write report.html: %s", e)
+        return summary

@@ -1,0 +1,103 @@
+"""The transformers rollout engine: log-probs agree with the trainer's, padding changes
+nothing, stop conditions and sampling filters work, and a seed fixes the samples."""
+
+import pytest
+import torch
+
+from thinkrl.policy import SequenceBatch, completion_logprobs, load_model, load_tokenizer
+from thinkrl.rollout import HFEngine, SamplingParams
+from thinkrl.rollout.hf import sample_tokens
+
+
+@pytest.fixture(scope="module")
+def engine(qwen2_dir):
+    tok = load_tokenizer(str(qwen2_dir))
+    model = load_model(str(qwen2_dir), torch.device("cpu"))
+    return HFEngine(model, tok, "cpu")
+
+
+def prompts(engine):
+    texts = ["What is 347+85?", "A conversation between User and Assistant.", "check"]
+    return [engine.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_generation_logprobs_equal_trainer_logprobs(engine, temperature):
+    p = prompts(engine)
+    params = SamplingParams(n=4, temperature=temperature, top_p=0.9, max_new_tokens=12)
+    out = engine.generate(p, params, generator=torch.Generator().manual_seed(0))
+    assert len(out) == 12 and out.prompt_ids[4] == p[1]
+    batch = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu")
+    with torch.no_grad():
+        lp = completion_logprobs(engine.model, batch, temperature)
+    for i, gen_lp in enumerate(out.logprobs):
+        assert torch.allclose(lp[i, : len(gen_lp)], torch.tensor(gen_lp), atol=1e-4), i
+
+
+def test_left_padding_does_not_change_logprobs(engine):
+    p = prompts(engine)
+    comp = [[5, 6, 7, 8]] * 3
+    together = SequenceBatch.build(p, comp, engine.pad_id, "cpu")
+    with torch.no_grad():
+        lp_all = completion_logprobs(engine.model, together)
+        for i in range(3):
+            alone = SequenceBatch.build([p[i]], [comp[i]], engine.pad_id, "cpu")
+            assert torch.allclose(completion_logprobs(engine.model, alone)[0], lp_all[i], atol=1e-5)
+
+
+def test_seed_fixes_samples_and_different_seeds_differ(engine):
+    p = prompts(engine)
+    params = SamplingParams(n=3, max_new_tokens=10)
+    a = engine.generate(p, params, generator=torch.Generator().manual_seed(1))
+    b = engine.generate(p, params, generator=torch.Generator().manual_seed(1))
+    c = engine.generate(p, params, generator=torch.Generator().manual_seed(2))
+    assert a.completion_ids == b.completion_ids
+    assert a.completion_ids != c.completion_ids
+
+
+def test_stop_string_ends_the_completion(engine):
+    # force the stop string: make the model always emit the tokens of "</answer>" in a cycle
+    stop_ids = engine.tokenizer("</answer>", add_special_tokens=False)["input_ids"]
+    model = engine.model
+    p = prompts(engine)[:1]
+    params = SamplingParams(n=2, max_new_tokens=30, stop=["</answer>"])
+    hook_state = {"t": 0}
+
+    def hook(module, inputs, output):
+        # bias logits so the next token follows the stop string's tokens in order
+        logits = output.logits
+        target = stop_ids[hook_state["t"] % len(stop_ids)]
+        logits[:, -1, :] = -1e9
+        logits[:, -1, target] = 0
+        hook_state["t"] += 1
+        return output
+
+    h = model.register_forward_hook(hook)
+    try:
+        out = engine.generate(p, params, generator=torch.Generator().manual_seed(0))
+    finally:
+        h.remove()
+    for text, reason, ids in zip(out.texts, out.finish_reasons, out.completion_ids):
+        assert reason == "stop"
+        assert text.endswith("</answer>") and len(ids) == len(stop_ids)
+
+
+def test_max_new_tokens_truncates_with_reason_length(engine):
+    out = engine.generate(prompts(engine), SamplingParams(n=1, max_new_tokens=3), generator=torch.Generator().manual_seed(0))
+    for ids, reason in zip(out.completion_ids, out.finish_reasons):
+        assert len(ids) <= 3
+        assert reason == ("length" if len(ids) == 3 and engine.tokenizer.eos_token_id not in ids else "stop")
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    gen = torch.Generator().manual_seed(0)
+    tok, lp = sample_tokens(logits, SamplingParams(top_k=2), gen)
+    assert set(tok.tolist()) == {0, 1}
+    tok, _ = sample_tokens(logits, SamplingParams(top_p=0.75), gen)  # 0.5 + 0.3 covers 0.75
+    assert set(tok.tolist()) == {0, 1}
+    tok, lp = sample_tokens(logits, SamplingParams(), gen)
+    freq = torch.bincount(tok, minlength=4).float() / len(tok)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04)
+    # the log-prob reported is that of the untruncated distribution
+    assert torch.allclose(lp, logits[0].log_softmax(-1)[tok])
