@@ -31,7 +31,9 @@ def resolve_model_path(path: str) -> str:
 def load_model(path: str, device: torch.device, requires_grad: bool = True):
     """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast)."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # thinkrl shows its own progress
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch.float32)
     model.to(device)
     if not requires_grad:
