@@ -62,6 +62,8 @@ def test_impossible_values_fail_at_start_with_a_fix(override, message):
 def test_wrong_types_are_named(tmp_path):
     with pytest.raises(ConfigError, match="rollout.group_size must be int"):
         load_config(None, ["rollout.group_size=eight"])
+    with pytest.raises(ConfigError, match="optim.lr must be a number"):
+        load_config(None, ["optim.lr=fast"])
     with pytest.raises(ConfigError, match="is a section"):
         load_config(write(tmp_path, "optim: 3\n"))
     with pytest.raises(ConfigError, match="section.key=value"):

@@ -153,8 +153,15 @@ def _coerce(value, typ, where: str):
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
-    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if typ is float:
+        if isinstance(value, str):  # YAML reads 3e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
     if typ in (int, str, bool):
         if typ is int and isinstance(value, float) and value.is_integer():
             value = int(value)

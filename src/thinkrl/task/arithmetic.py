@@ -1,0 +1,128 @@
+"""The embedded task: column addition with written working, in four difficulty levels.
+
+    question:   What is 347+85?
+    completion: <think>7+5=12 4+8+1=13 3+0+1=4</think> <answer>432</answer>
+
+Level L adds numbers of up to L+1 digits, so harder levels need more columns (and carries):
+correct answers get longer with difficulty, which is what the paper's "adaptive thinking
+time" analysis measures. Every problem has at least one carry, since without one the
+buggy procedure below is also right.
+
+The base model is pre-trained on a *mixture* of traces, because RL amplifies what a base
+model already samples and does not teach a missing skill (EMBEDDED-TASK.md: a base trained
+on 60% carry-forgetting traces went from 45% to 93-98% under GRPO in 25-50 steps, while a
+model lacking the skill gained at most 8 points). The mix (see `TRACE_MIX`):
+
+- correct:    every carry written (``4+8+1=13``);
+- buggy:      the carry is forgotten in every column (``4+8=12``): the systematic bug that
+              makes the base model score low;
+- reflective: the carry is forgotten, noticed and fixed (``4+8=12 wait carry 4+8+1=13``):
+              right and longer, so RL can raise the rate of "wait" (the "aha moment");
+- off-format: a correct or buggy trace without its <think> or <answer> tags, so that the
+              format reward has something to teach.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+LEVELS = (1, 2, 3, 4)
+# share of each kind of trace in the pre-training corpus
+TRACE_MIX = {"correct": 0.22, "buggy": 0.56, "reflective": 0.12, "off_format": 0.10}
+
+
+def has_carry(a: int, b: int) -> bool:
+    while a or b:
+        if a % 10 + b % 10 >= 10:
+            return True
+        a, b = a // 10, b // 10
+    return False
+
+
+def make_problem(rng: random.Random, level: int) -> dict:
+    """A problem of the given level: a has level+1 digits, b between level and level+1."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}")
+    while True:
+        a = rng.randrange(10 ** level, 10 ** (level + 1))
+        b = rng.randrange(10 ** (level - 1) if level > 1 else 1, 10 ** (level + 1))
+        if has_carry(a, b):
+            return {"question": f"What is {a}+{b}?", "answer": str(a + b), "level": level, "a": a, "b": b}
+
+
+def _columns(a: int, b: int):
+    da, db = str(a)[::-1], str(b)[::-1]
+    return [(int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0) for i in range(max(len(da), len(db)))]
+
+
+def working(a: int, b: int, kind: str = "correct") -> tuple[str, str]:
+    """(the working inside <think>, the final answer) for one kind of trace."""
+    steps, digits, carry = [], [], 0
+    for x, y in _columns(a, b):
+        if kind == "buggy":
+            s = x + y
+            steps.append(f"{x}+{y}={s}")
+            digits.append(s % 10)
+            continue
+        s = x + y + carry
+        if carry and kind == "reflective":
+            steps.append(f"{x}+{y}={x + y} wait carry {x}+{y}+1={s}")
+        elif carry:
+            steps.append(f"{x}+{y}+1={s}")
+        else:
+            steps.append(f"{x}+{y}={s}")
+        digits.append(s % 10)
+        carry = s // 10
+    if carry:
+        digits.append(carry)
+    answer = "".join(str(d) for d in reversed(digits)).lstrip("0") or "0"
+    return " ".join(steps), answer
+
+
+def completion(a: int, b: int, kind: str, rng: random.Random | None = None) -> str:
+    """A completion as the model should write it after the prompt's "Assistant:"."""
+    if kind == "off_format":
+        rng = rng or random.Random(0)
+        think, answer = working(a, b, rng.choice(["correct", "buggy", "buggy"]))
+        return rng.choice([f" {think} <answer>{answer}</answer>", f" <think>{think}</think> {answer}",
+                           f" {think} so the answer is {answer}"])
+    think, answer = working(a, b, kind)
+    return f" <think>{think}</think> <answer>{answer}</answer>"
+
+
+def sample_kind(rng: random.Random) -> str:
+    return rng.choices(list(TRACE_MIX), weights=list(TRACE_MIX.values()))[0]
+
+
+def make_splits(seed: int = 0, n_train: int = 6000, n_test: int = 300, n_corpus: int = 40000):
+    """(pre-training corpus problems, RL train problems, held-out test problems), balanced
+    across levels and deterministic in the seed. The test problems appear in neither of the
+    others; train problems are unique; the corpus may repeat a problem (level 1 has only a
+    few thousand) and may share problems with the RL train set, as a base model's
+    pre-training data would."""
+    rng = random.Random(seed)
+    test, train, test_q, train_q = [], [], set(), set()
+    while len(test) < n_test:
+        p = make_problem(rng, LEVELS[len(test) % len(LEVELS)])
+        if p["question"] not in test_q:
+            test_q.add(p["question"])
+            test.append(p)
+    while len(train) < n_train:
+        p = make_problem(rng, LEVELS[len(train) % len(LEVELS)])
+        if p["question"] not in test_q and p["question"] not in train_q:
+            train_q.add(p["question"])
+            train.append(p)
+    corpus = []
+    while len(corpus) < n_corpus:
+        p = make_problem(rng, LEVELS[len(corpus) % len(LEVELS)])
+        if p["question"] not in test_q:
+            corpus.append(p)
+    return corpus, train, test
+
+
+def write_jsonl(rows, path: Path) -> None:
+    with Path(path).open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"question": r["question"], "answer": r["answer"], "level": r["level"]}) + "\n")
