@@ -130,3 +130,25 @@ def test_sigkill_then_resume_from_the_command_line(tmp_path, qwen2_dir):
     assert [r["step"] for r in rows] == list(range(41))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 40 and summary["resumed_from"]
+
+
+def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, qwen2_dir):
+    data = small_dataset(tmp_path)
+    overrides = random_model_overrides(qwen2_dir, data, **{"train.steps": 200, "train.save_every": 0, "eval.every": 0})
+    out = tmp_path / "run"
+    (tmp_path / "none.yaml").write_text("{}\n")
+    cmd = [sys.executable, "-m", "thinkrl.cli", "train", "--config", str(tmp_path / "none.yaml"), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(cmd + overrides, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(out)) < 4:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output[-2000:]
+    rows = read_metrics(out)
+    steps = [r["step"] for r in rows]
+    assert steps == list(range(len(rows))) and 3 <= steps[-1] < 200
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    assert ckpts and ckpts[-1].name == f"step_{steps[-1]:06d}"  # the stopped step is saved
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is True

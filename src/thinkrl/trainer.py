@@ -34,6 +34,35 @@ from .template import render
 log = logging.getLogger("thinkrl")
 
 
+class _StopRequest:
+    """The first Ctrl-C (or SIGTERM) lets the current step finish, then a checkpoint is written
+    and the run stops; a second Ctrl-C abandons the step at once."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested: str | None = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: finishing this step, then writing a checkpoint (Ctrl-C again to abandon it)")
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def lr_lambda(cfg: Config):
     total = cfg.train.steps * cfg.objective.mu
     warm = cfg.optim.warmup_steps
@@ -286,28 +315,33 @@ class GRPOTrainer:
             row = {"step": 0, **self.evaluate()}
             self.metrics.write(row)
         progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
-        interrupted = False
+        stop = _StopRequest()
+        ckpt_seconds = None
         try:
-            while self.step < cfg.train.steps:
+            while self.step < cfg.train.steps and not stop.requested:
                 m = self.train_step()
                 last = self.step == cfg.train.steps
                 if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
                     m.update(self.evaluate())
                 m["time"] = self.wall_before + time.time() - self.t_start
-                if last or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
-                    t = time.perf_counter()
-                    self.save()
-                    m["timing/checkpoint"] = time.perf_counter() - t
+                if ckpt_seconds is not None:  # the checkpoint written after the previous step
+                    m["timing/checkpoint"], ckpt_seconds = ckpt_seconds, None
+                # the metrics line goes first: a checkpoint never exists without its step's line
                 self.metrics.write(m)
                 progress.update(m)
+                if last or stop.requested or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
+                    t = time.perf_counter()
+                    self.save()
+                    ckpt_seconds = time.perf_counter() - t
                 if self.bad_steps >= 5:
                     raise RuntimeError(f"{self.bad_steps} consecutive steps had a NaN/inf loss or gradient; the "
                                        "learning rate may be too high (optim.lr) or a reward returned inf")
-        except KeyboardInterrupt:
-            interrupted = True
+        finally:
+            stop.restore()
+        interrupted = bool(stop.requested) and self.step < cfg.train.steps
+        if interrupted:
             progress.close()
-            print(f"\ninterrupted at step {self.step}: writing a checkpoint; continue with --resume")
-            self.save()
+            print(f"\nstopped at step {self.step} ({stop.requested}); checkpoint written; continue with --resume")
         progress.close()
         self.metrics.close()
         summary = self.write_summary(interrupted)
