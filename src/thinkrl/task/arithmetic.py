@@ -3,10 +3,11 @@
     question:   What is 347+85?
     completion: <think>7+5=12 4+8+1=13 3+0+1=4</think> <answer>432</answer>
 
-Level L adds numbers of up to L+1 digits, so harder levels need more columns (and carries):
-correct answers get longer with difficulty, which is what the paper's "adaptive thinking
-time" analysis measures. Every problem has at least one carry, since without one the
-buggy procedure below is also right.
+Level 1 adds a 2-digit and a 1/2-digit number, level 2 a 3-digit and a 1/2-digit, level 3
+two 3-digit numbers, level 4 a 4-digit and a 3/4-digit: harder levels need more columns
+and carries, so correct answers get longer with difficulty, which is what the paper's
+"adaptive thinking time" analysis measures. Every problem has at least one carry, since
+without one the buggy procedure below is also right.
 
 The base model is pre-trained on a *mixture* of traces, because RL amplifies what a base
 model already samples and does not teach a missing skill (EMBEDDED-TASK.md: a base trained
@@ -30,7 +31,7 @@ from pathlib import Path
 
 LEVELS = (1, 2, 3, 4)
 # share of each kind of trace in the pre-training corpus
-TRACE_MIX = {"correct": 0.22, "buggy": 0.56, "reflective": 0.12, "off_format": 0.10}
+TRACE_MIX = {"correct": 0.25, "buggy": 0.50, "reflective": 0.15, "off_format": 0.10}
 
 
 def has_carry(a: int, b: int) -> bool:
@@ -41,13 +42,19 @@ def has_carry(a: int, b: int) -> bool:
     return False
 
 
+# (digits of a, smallest and largest number of digits of b) per level
+_DIGITS = {1: (2, 1, 2), 2: (3, 1, 2), 3: (3, 3, 3), 4: (4, 3, 4)}
+
+
 def make_problem(rng: random.Random, level: int) -> dict:
-    """A problem of the given level: a has level+1 digits, b between level and level+1."""
+    """A problem of the given level (see the module docstring), with at least one carry."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}")
+    da, db_lo, db_hi = _DIGITS[level]
     while True:
-        a = rng.randrange(10 ** level, 10 ** (level + 1))
-        b = rng.randrange(10 ** (level - 1) if level > 1 else 1, 10 ** (level + 1))
+        a = rng.randrange(10 ** (da - 1), 10 ** da)
+        db = rng.randint(db_lo, db_hi)
+        b = rng.randrange(10 ** (db - 1), 10 ** db)
         if has_carry(a, b):
             return {"question": f"What is {a}+{b}?", "answer": str(a + b), "level": level, "a": a, "b": b}
 
