@@ -47,7 +47,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
-    max_new_tokens: int = 48
+    max_new_tokens: int = 80
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
 
 
@@ -96,8 +96,8 @@ class EvalConfig:
     temperature: float = 0.6  # R1 protocol: sampling, never greedy
     top_p: float = 0.95
     samples: int = 1  # samples per question; accuracy is their mean (pass@1)
-    max_new_tokens: int = 64
-    batch_size: int = 256
+    max_new_tokens: int = 80
+    batch_size: int = 300
 
 
 @dataclass
