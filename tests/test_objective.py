@@ -7,7 +7,14 @@ import torch
 
 from thinkrl.objective import Normaliser, group_advantages, grpo_loss, k3_kl
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in double precision, for this module only."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def reference_advantages(rewards, G, scale_std=True):

@@ -9,6 +9,8 @@ Dataset columns arrive as keyword arguments, lists aligned with `completions` (`
 it does not use (`**kwargs`). `None` means "not applicable" (the reference answer cannot be
 parsed, say): it is never counted as a reward.
 
+Registered here: `accuracy` (math answers against the reference by math-verify, see
+`rewards.math`) and `format` (`<think>…</think> <answer>…</answer>`, see `rewards.format`).
 Rewards are chosen and weighted by name in the config (`rewards.weights`), or by an import
 path `package.module:function` for a user's own.
 """
@@ -29,12 +31,16 @@ REWARDS: dict[str, Reward] = {
 }
 
 
-def get_reward(name: str) -> Reward:
-    """A registered reward by name, or a user's callable by import path `pkg.module:function`."""
+def get_reward(name_or_path: str) -> Reward:
+    """A registered reward by name (`"accuracy"`), or a user's callable by import path
+    (`"package.module:function"`). ValueError, naming the registered rewards, otherwise."""
+    name = str(name_or_path).strip()
     if name in REWARDS:
         return REWARDS[name]
     if ":" in name:
         module, _, attr = name.partition(":")
+        if not module or not attr:
+            raise ValueError(f"bad reward import path {name!r}; expected package.module:function")
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
