@@ -35,6 +35,23 @@ def test_traces_correct_buggy_and_reflective():
             assert ar.working(a, b, "buggy")[1] != str(a + b)
 
 
+def test_every_step_of_a_correct_trace_is_true_and_off_format_traces_miss_a_tag():
+    import re
+
+    rng = random.Random(2)
+    for level in ar.LEVELS:
+        for _ in range(50):
+            p = ar.make_problem(rng, level)
+            text = ar.completion(p["a"], p["b"], "correct")
+            think = re.fullmatch(r" <think>(.*)</think> <answer>(\d+)</answer>", text)
+            assert think and think.group(2) == p["answer"]
+            for step in think.group(1).split():
+                lhs, rhs = step.split("=")
+                assert sum(map(int, lhs.split("+"))) == int(rhs)
+            off = ar.completion(p["a"], p["b"], "off_format", rng)
+            assert not re.fullmatch(r" <think>.*</think> <answer>\d+</answer>", off)
+
+
 def test_splits_are_deterministic_balanced_and_disjoint():
     corpus, train, test = ar.make_splits(seed=5, n_train=400, n_test=80, n_corpus=400)
     again = ar.make_splits(seed=5, n_train=400, n_test=80, n_corpus=400)
@@ -61,15 +78,24 @@ def test_shipped_model_and_tokenizer_load(shipped):
     assert "<think>" in pieces and "</answer>" in pieces
     assert all(len(p) == 1 for p in pieces if p.isdigit())  # every digit its own token
     assert tok.decode(ids) == " <think>17+5=22</think> <answer>22</answer>"
+    assert tok.convert_ids_to_tokens(tok("12345", add_special_tokens=False)["input_ids"]) == list("12345")
+    batch = tok(["What is 1+2?", "What is 347+85?"], padding=True, add_special_tokens=False)
+    assert batch["input_ids"][0][0] == tok.pad_token_id and batch["attention_mask"][0][0] == 0  # left padding
+    assert tok.eos_token_id in (model.config.eos_token_id, model.generation_config.eos_token_id)
+    assert model.generation_config.pad_token_id == tok.pad_token_id
 
 
 def test_shipped_data_and_build_record():
     test = [json.loads(l) for l in (TINY_DIR / "test.jsonl").read_text().splitlines()]
     train = [json.loads(l) for l in (TINY_DIR / "train.jsonl").read_text().splitlines()]
-    assert len(test) == 300 and not {r["question"] for r in test} & {r["question"] for r in train}
-    assert sorted({r["level"] for r in test}) == list(ar.LEVELS)
+    assert len(test) == 300 and len(train) >= 5000
+    assert not {r["question"] for r in test} & {r["question"] for r in train}
+    assert [sum(r["level"] == lv for r in test) for lv in ar.LEVELS] == [75, 75, 75, 75]
+    for r in test[:50] + train[:50]:
+        a, b = map(int, r["question"].removeprefix("What is ").removesuffix("?").split("+"))
+        assert str(a + b) == r["answer"]
     info = json.loads((TINY_DIR / "build_info.json").read_text())
-    assert info["base_accuracy_t0.6_top_p0.95"]["accuracy"] < 0.40  # a base model: room for RL
+    assert info["base_accuracy_t0.6_top_p0.95"]["accuracy"] < 0.40  # a base model (issue: below 40%)
 
 
 def test_shipped_model_writes_the_task_format(shipped):

@@ -2,10 +2,22 @@
 
     python -m thinkrl.task.build --out src/thinkrl/assets/tiny        (also: thinkrl build-tiny)
 
-Deterministic under --seed on CPU. Writes a transformers model + tokenizer directory with
-train.jsonl / test.jsonl and build_info.json (corpus mix, sizes, loss, measured base
-accuracies). Pre-training is a plain next-token loss on the completion (the prompt is
-the fixed R1-Zero template, which a base model only has to read, not write).
+Writes a transformers model + tokenizer directory with train.jsonl / test.jsonl and
+build_info.json (corpus mix, sizes, loss, wall time, measured base accuracies).
+
+- Tokenizer: byte-level BPE trained on the template and corpus text (about 400 tokens, so
+  every template word is one token), every digit its own token (Digits pre-tokenizer),
+  the four tags single tokens, EOS `<|endoftext|>` and PAD `<|pad|>`, left padding.
+- Model: `Qwen2ForCausalLM`, hidden 128, 4 layers, 4 heads / 2 KV heads, tied embeddings
+  (about 1M parameters), saved as fp32 safetensors.
+- Pre-training: plain AdamW on next-token loss over the *completion* tokens only (the
+  prompt is the fixed R1-Zero template, which a base model only has to read, not write),
+  warm-up then cosine decay, one level per batch.
+- Measurement: sampled with the project's rollout engine (`HFEngine`, stop at EOS or
+  `</answer>`), judged by exact match of the last `<answer>` with the reference.
+
+Deterministic for a given --seed and --threads on CPU (the thread count changes the
+order of floating-point reductions, hence the weights in the last bits).
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import json
 import math
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -138,25 +151,37 @@ def answer_of(text: str) -> str | None:
 
 
 def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: int = 1, seed: int = 0) -> dict:
-    """Accuracy (exact integer in the last <answer>) by level; pass@samples when samples > 1."""
+    """Accuracy (exact integer in the last <answer>) overall and by level; pass@samples when
+    samples > 1; also the mean completion length in tokens by level, the share of
+    completions in the strict R1-Zero format, and the share that say "wait"."""
+    from ..rewards.format import format_reward
     from ..rollout import HFEngine, SamplingParams
 
     engine = HFEngine(model, tokenizer, "cpu")
     params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=96, stop=["</answer>"])
     gen = torch.Generator().manual_seed(seed)
-    hits, any_hit = {}, {}
+    hits, any_hit, lens, fmt, wait = {}, {}, {}, [], []
     for start in range(0, len(rows), 64):
         chunk = rows[start: start + 64]
         prompts = [tokenizer(render(r["question"]), add_special_tokens=False)["input_ids"] for r in chunk]
         out = engine.generate(prompts, params, generator=gen)
+        fmt += format_reward(out.texts)
+        wait += ["wait" in t for t in out.texts]
         for i, r in enumerate(chunk):
-            ok = [answer_of(t) == r["answer"] for t in out.texts[i * samples:(i + 1) * samples]]
+            sl = slice(i * samples, (i + 1) * samples)
+            ok = [answer_of(t) == r["answer"] for t in out.texts[sl]]
             hits.setdefault(r["level"], []).extend(ok)
             any_hit.setdefault(r["level"], []).append(any(ok))
-    res = {"accuracy": sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())}
-    res.update({f"level_{k}": sum(v) / len(v) for k, v in sorted(hits.items())})
+            lens.setdefault(r["level"], []).extend(len(c) for c in out.completion_ids[sl])
+    mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+    res = {"accuracy": mean([h for v in hits.values() for h in v])}
+    res.update({f"level_{k}": mean(v) for k, v in sorted(hits.items())})
     if samples > 1:
-        res[f"pass@{samples}"] = sum(sum(v) for v in any_hit.values()) / sum(len(v) for v in any_hit.values())
+        res[f"pass@{samples}"] = mean([h for v in any_hit.values() for h in v])
+        res.update({f"pass@{samples}_level_{k}": mean(v) for k, v in sorted(any_hit.items())})
+    res["format_ok"] = mean(fmt)
+    res["says_wait"] = mean(wait)
+    res.update({f"length_level_{k}": round(sum(v) / len(v), 1) for k, v in sorted(lens.items())})
     return res
 
 
@@ -170,6 +195,11 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-size", type=int, default=512)
     ap.add_argument("--corpus", type=int, default=40000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--no-measure", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -182,11 +212,12 @@ def main(argv=None) -> int:
     tok_texts = [render("")] + [p["question"] + ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng)
                                 for p in corpus[:5000]]
     tokenizer = build_tokenizer(tok_texts, args.vocab_size)
-    model = build_model(tokenizer, args.seed)
+    model = build_model(tokenizer, args.seed, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     prefix, by_level = encode_corpus(tokenizer, corpus, args.seed)
-    loss = pretrain(model, prefix, by_level, args.steps, args.batch_size, args.lr, args.seed, tokenizer.pad_token_id)
+    loss = pretrain(model, prefix, by_level, args.steps, args.batch_size, args.lr, args.seed, tokenizer.pad_token_id,
+                    log_every=args.log_every)
     t_pre = time.time() - t0
 
     model.save_pretrained(out, safe_serialization=True)
@@ -201,7 +232,7 @@ def main(argv=None) -> int:
         "base_accuracy_t0.6_top_p0.95": measure(model, tokenizer, test, 0.6, 0.95, seed=1),
         "base_accuracy_t1.0": measure(model, tokenizer, test, 1.0, 1.0, seed=2),
         "base_pass@8_t1.0_first100": measure(model, tokenizer, test[:100], 1.0, 1.0, samples=8, seed=3),
-        "command": "python -m thinkrl.task.build " + " ".join(argv or []),
+        "command": "python -m thinkrl.task.build " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     (out / "build_info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
