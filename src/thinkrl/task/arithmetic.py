@@ -21,6 +21,18 @@ model lacking the skill gained at most 8 points). The mix (see `TRACE_MIX`):
               right and longer, so RL can raise the rate of "wait" (the "aha moment");
 - off-format: a correct or buggy trace without its <think> or <answer> tags, so that the
               format reward has something to teach.
+
+Measured on the shipped model (seed 0, build_info.json; 300 held-out problems, so about
+3 points of standard error): accuracy 31.7% at temperature 0.6 / top-p 0.95 (levels 1-4:
+41/29/31/25%), 39.3% sampled at temperature 1.0 (45/45/36/31%), pass@8 at temperature
+1.0 98% (first 100 problems). Sampling at 0.6 sharpens the choice made at the first carry
+column towards the majority (buggy) trace, so the base looks weak at the evaluation
+temperature, while at the training temperature nearly every group of 8 holds a correct
+sample for the group advantage to select. Off-format traces are sharpened away at 0.6
+(format rate 100% there) but appear in about 10% of samples at temperature 1.0. With
+`thinkrl zero` (8 prompts x 8 samples, lr 2e-5, no KL) held-out accuracy went
+29% -> 76% -> 97% -> 99% at steps 0/50/100/150, the "wait" rate 14% -> 41-47%, and the
+mean completion length 30 -> 35 tokens, longest on level 4.
 """
 
 from __future__ import annotations
