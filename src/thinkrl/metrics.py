@@ -52,10 +52,8 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """On resume: forget lines written after the checkpoint the run continues from."""
-        if not self.path.exists():
-            return
-        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
-        self.path.write_text("".join(l + "\n" for l in keep))
+        keep = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
@@ -77,7 +75,17 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """RUN/metrics.jsonl's rows by step (the last line of a step wins). Lines that are not
+    JSON objects with an integer step, such as the half-written last line of a killed run,
+    are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    rows: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+                rows[row["step"]] = row
+    return [rows[s] for s in sorted(rows)]

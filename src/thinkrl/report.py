@@ -21,6 +21,8 @@ import math
 import re
 from pathlib import Path
 
+from .metrics import read_metrics as load_metrics
+
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1320px;margin:24px auto;padding:0 16px;color:#222}
 h1{font-size:22px;margin-bottom:12px} h2{font-size:17px;margin-top:28px} table{border-collapse:collapse;margin-bottom:12px}
@@ -31,21 +33,6 @@ pre{background:#f6f6f6;padding:12px;font-size:12px;overflow-x:auto;border-radius
 """
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
 OVERALL = "#222222"
-
-
-def load_metrics(run_dir) -> list[dict]:
-    """RUN/metrics.jsonl's rows by step (last line wins); lines without JSON or a step are skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = {}
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
-                rows[row["step"]] = row
-    return [rows[s] for s in sorted(rows)]
 
 
 def _num(v) -> bool:
