@@ -75,3 +75,13 @@ def test_round_trip_through_yaml(tmp_path):
     p = write(tmp_path, cfg.to_yaml())
     again = load_config(p)
     assert again == cfg
+
+
+def test_command_line_refuses_a_bad_config_before_loading_anything(capsys, tmp_path):
+    from thinkrl.cli import main
+
+    assert main(["zero", "--out", str(tmp_path / "run"), "rollout.group_size=1"]) == 2
+    assert "at least 2 samples per question" in capsys.readouterr().err
+    assert main(["zero", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
+    assert "train.steps must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -35,17 +35,18 @@ def _run_training(args, config_path: str | None) -> int:
         out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.resume and config_path is None and (out / "config.yaml").exists():
         config_path = str(out / "config.yaml")  # continue the run with the settings it started with
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.no_progress:
+        overrides.append("log.progress=false")
+    if args.profile:
+        overrides.append("train.profile=true")
     try:
-        cfg = load_config(config_path, args.overrides)
+        cfg = load_config(config_path, overrides)
     except (ConfigError, OSError) as e:
         print(f"thinkrl: {e}", file=sys.stderr)
         return 2
-    if args.steps is not None:
-        cfg.train.steps = args.steps
-    if args.no_progress:
-        cfg.log.progress = False
-    if args.profile:
-        cfg.train.profile = True
 
     from .trainer import GRPOTrainer
 

@@ -259,8 +259,7 @@ def validate(cfg: Config) -> None:
     need(r.engine in ("hf",), f"rollout.engine {r.engine!r} is not available; use hf")
     need(o.loss_agg in AGGREGATIONS, f"objective.loss_agg {o.loss_agg!r} is unknown; choose one of {sorted(AGGREGATIONS)}")
     need(o.beta >= 0, "objective.beta must be >= 0")
-    need(0 < o.eps_low < 1 or o.eps_low >= 1 and o.eps_high is None,
-         f"objective.eps_low={o.eps_low}: the clip range 1-ε must stay positive; use ε < 1 (R1 used ε=10 only as a ratio cap)")
+    need(o.eps_low > 0, f"objective.eps_low={o.eps_low}: the clip ε must be positive (0.2 is usual; R1's first RL stage used 10)")
     need(o.eps_high is None or o.eps_high >= o.eps_low, "objective.eps_high must be >= objective.eps_low (clip-higher)")
     need(o.mu >= 1, "objective.mu must be >= 1")
     need(o.ref_reset_every >= 0, "objective.ref_reset_every must be >= 0")

@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import Config
-from .data import load_dataset
+from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
 from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
 from .objective import Normaliser, group_advantages, grpo_loss
@@ -109,8 +109,6 @@ class GRPOTrainer:
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        from .data import PromptSampler
-
         self.sampler = PromptSampler(len(self.train_rows), t.seed)
         self.generator = torch.Generator().manual_seed(t.seed)
         self.step = 0
@@ -183,7 +181,8 @@ class GRPOTrainer:
                                     self.state_dict(), keep=t.keep_checkpoints)
 
     # ------------------------------------------------------------------ one step
-    def _logprobs(self, model, batch: SequenceBatch, micro: int, grad: bool = False):
+    def _logprobs(self, model, batch: SequenceBatch, micro: int):
+        """No-grad log-probs (π_old, π_ref) in micro-batches."""
         with torch.no_grad(), autocast(self.device, self.cfg.model.dtype):
             return torch.cat([completion_logprobs(model, batch.slice(slice(i, i + micro)), self.cfg.rollout.temperature)
                               for i in range(0, len(batch), micro)])
