@@ -85,3 +85,12 @@ def test_command_line_refuses_a_bad_config_before_loading_anything(capsys, tmp_p
     assert main(["zero", "--out", str(tmp_path / "run"), "--steps", "0"]) == 2
     assert "train.steps must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(folder.glob("*.yaml")):
+        load_config(path)
+    assert load_config(folder / "r1-zero-tiny.yaml") == load_config()  # it spells out the main job
