@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from thinkrl.rewards.format import format_reward
 from thinkrl.rewards.math import accuracy_reward, extract_answer, is_equivalent, parses, reference_answer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not beside the checkout")
+# CI always has ../shared/data beside the checkout: there a missing folder fails, never skips
+needs_data = pytest.mark.skipif(not DATA.exists() and not os.environ.get("CI"),
+                                reason="../shared/data is not beside the checkout")
 
 
 def rows(path):
