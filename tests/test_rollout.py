@@ -101,3 +101,23 @@ def test_top_k_and_top_p_restrict_the_support():
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04)
     # the log-prob reported is that of the untruncated distribution
     assert torch.allclose(lp, logits[0].log_softmax(-1)[tok])
+
+
+def test_shared_prompt_forward_equals_plain_forward_in_value_and_gradient(engine):
+    p = prompts(engine)
+    out = engine.generate(p, SamplingParams(n=3, max_new_tokens=9), generator=torch.Generator().manual_seed(4))
+    batch = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu")
+    model = engine.model
+    grads = []
+    for share in (False, True):
+        model.zero_grad(set_to_none=True)
+        lp = completion_logprobs(model, batch, 0.8, share_prompts=share)
+        (lp * batch.completion_mask).sum().backward()
+        grads.append({n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None})
+        if not share:
+            plain = lp.detach()
+    assert torch.allclose(lp.detach()[batch.completion_mask], plain[batch.completion_mask], atol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
+    model.zero_grad(set_to_none=True)

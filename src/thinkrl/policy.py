@@ -8,6 +8,7 @@ to C columns, so the logits at columns P-1 .. P+C-2 predict completion tokens 0 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,19 +90,61 @@ class SequenceBatch:
         return cls(ids.to(device), attn.to(device), ids[:, P:].to(device), comp_mask.to(device), P)
 
 
-def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
+def cache_kwarg(model) -> str:
+    """The name of the KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
+def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, share_prompts: bool = True) -> torch.Tensor:
     """log π(o_t | q, o_<t) for every completion token, [N, C] (padding positions hold junk
     values and are masked by the caller). Logits are divided by the sampling temperature, so
-    these are log-probs of the distribution the rollout engine sampled from."""
-    pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    these are log-probs of the distribution the rollout engine sampled from.
+
+    share_prompts: the G samples of a group share their prompt, so each distinct prompt is
+    run once and its KV cache (gradient included) serves every completion of it. With the
+    long R1-Zero template that removes most of the tokens of the forward and backward pass;
+    the values and gradients are those of the plain forward (tested).
+    """
     C = batch.completion_ids.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                use_cache=False, logits_to_keep=C + 1)
-    logits = out.logits[:, :-1].float()
+    if share_prompts:
+        prompts = torch.cat([batch.input_ids[:, : batch.prompt_len], batch.attention_mask[:, : batch.prompt_len]], 1)
+        unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
+        if len(unique) < len(batch):
+            logits = _shared_prompt_logits(model, batch, inverse, len(unique))
+        else:
+            share_prompts = False
+    if not share_prompts:
+        pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                    use_cache=False, logits_to_keep=C + 1)
+        logits = out.logits[:, :-1]
+    logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
     token_logits = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return token_logits - torch.logsumexp(logits, dim=-1)
+
+
+def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int) -> torch.Tensor:
+    """Logits predicting each completion token, [N, C, V], with each distinct prompt run once."""
+    P = batch.prompt_len
+    first = torch.full((n_unique,), len(batch), dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), reduce="amin")
+    ids, attn = batch.input_ids[first, :P], batch.attention_mask[first, :P]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    cache = output_cache(out)
+    cache.batch_select_indices(inverse)  # row i of the batch attends to its prompt's keys/values
+    n_prompt = batch.attention_mask[:, :P].sum(-1, keepdim=True)
+    C = batch.completion_ids.shape[1]
+    pos = n_prompt + torch.arange(C, device=n_prompt.device)
+    rest = model(input_ids=batch.completion_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                 use_cache=True, **{cache_kwarg(model): cache})
+    return torch.cat([out.logits[:, -1:][inverse], rest.logits[:, :-1]], dim=1)
 
 
 def save_pretrained(model, tokenizer, directory: Path) -> None:

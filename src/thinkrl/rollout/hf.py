@@ -8,10 +8,9 @@ pre-filled once and its cache repeated for the G samples of its group.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
+from ..policy import cache_kwarg, output_cache
 from .engine import Rollouts, SamplingParams
 
 
@@ -54,9 +53,7 @@ class HFEngine:
         if not self.eos_ids:
             raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        # transformers >= 5.2x names the KV cache argument `cache`, earlier ones `past_key_values`
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_kwarg(model)
         self._stop_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def sync_weights(self, model) -> None:
@@ -79,7 +76,7 @@ class HFEngine:
         if cache is not None:
             kw[self._cache_arg] = cache
         out = self.model(use_cache=True, **kw)
-        return out.logits[:, -1], out["cache"] if "cache" in out else out.past_key_values
+        return out.logits[:, -1], output_cache(out)
 
     @torch.no_grad()
     def generate(self, prompt_ids, params: SamplingParams, generator=None) -> Rollouts:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..policy import cache_kwarg, output_cache
 from ..template import render
 from . import arithmetic as ar
 
@@ -93,12 +94,6 @@ def encode_corpus(tokenizer, problems, seed: int):
     return prefix, by_level
 
 
-def _cache_arg(model) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, seed: int, pad_id: int, log_every: int = 100):
     """Next-token loss on completions. Each batch holds one level (little padding); the
     shared template prefix is run once per step without gradient and its KV cache reused by
@@ -110,7 +105,7 @@ def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, se
         opt, lambda i: (i + 1) / warm if i < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
     model.train()
     levels = sorted(by_level)
-    P0, cache_arg = len(prefix), _cache_arg(model)
+    P0, cache_arg = len(prefix), cache_kwarg(model)
     prefix_t = torch.tensor([prefix])
     losses = []
     t0 = time.time()
@@ -127,7 +122,7 @@ def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, se
             labels[i, n_q: len(ids)] = torch.tensor(ids[n_q:])
             attn[i, P0: P0 + len(ids)] = 1
         with torch.no_grad():
-            cache = model(input_ids=prefix_t, use_cache=True)["cache" if cache_arg == "cache" else "past_key_values"]
+            cache = output_cache(model(input_ids=prefix_t, use_cache=True))
         cache.batch_repeat_interleave(batch_size)
         pos = torch.arange(P0, P0 + L).unsqueeze(0).expand(batch_size, -1)
         logits = model(input_ids=x, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_arg: cache}).logits
