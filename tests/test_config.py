@@ -94,3 +94,11 @@ def test_shipped_configs_are_valid():
     for path in sorted(folder.glob("*.yaml")):
         load_config(path)
     assert load_config(folder / "r1-zero-tiny.yaml") == load_config()  # it spells out the main job
+
+
+def test_resume_without_a_run_says_what_to_do(capsys, tmp_path, monkeypatch):
+    from thinkrl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["zero", "--resume"]) == 2
+    assert "no run under runs/ to resume" in capsys.readouterr().err
