@@ -214,9 +214,9 @@ class GRPOTrainer:
         # without a KL term they are left out of the forward/backward; the batch-wide
         # normaliser still counts them, so the gradient is unchanged.
         t2 = time.perf_counter()
-        full = SequenceBatch.build(rollouts.prompt_ids, rollouts.completion_ids, self.pad_id, self.device)
-        norm = Normaliser.of(full.completion_mask, max_len=r.max_new_tokens)
-        keep = torch.arange(len(full)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
+        lengths = [len(c) for c in rollouts.completion_ids]
+        norm = Normaliser(len(lengths), max(sum(lengths), 1), r.max_new_tokens)
+        keep = torch.arange(len(lengths)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
         micro = cfg.train.micro_batch_size
         stats = {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         loss_sum, grad_norm, skipped = 0.0, 0.0, False
@@ -229,10 +229,10 @@ class GRPOTrainer:
             sync()
             timing["logprobs"] = time.perf_counter() - t2
             t3 = time.perf_counter()
+            ntok = batch.completion_mask.sum().clamp_min(1).item()
             for _ in range(o.mu):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
-                ntok = batch.completion_mask.sum().clamp_min(1).item()
                 for i in range(0, len(batch), micro):
                     s = slice(i, i + micro)
                     mb = batch.slice(s)
@@ -268,7 +268,6 @@ class GRPOTrainer:
         if o.ref_reset_every and self.ref is not None and self.step % o.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())  # R1: π_ref ← π_θ every 400 steps
 
-        lengths = [len(c) for c in rollouts.completion_ids]
         levels = [row.get("level") for row in group_rows] if "level" in rows[0] else None
         m = {
             "step": self.step,
