@@ -33,14 +33,13 @@ def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: i
         lengths += [len(c) for c in out.completion_ids]
         reflect += [float(has_reflection(t)) for t in out.texts]
         levels += [r.get("level") for r in expanded]
-    has_levels = any(lv is not None for lv in levels)
     result = {
         f"{prefix}/accuracy": mean(correct),
         f"{prefix}/format_rate": mean(fmt_ok),
         f"{prefix}/completion_len": mean(lengths),
         f"{prefix}/reflection_rate": mean(reflect),
     }
-    if has_levels:
-        result.update(by_level(correct, levels, f"{prefix}/accuracy"))
-        result.update(by_level(lengths, levels, f"{prefix}/completion_len"))
+    # by_level adds nothing when no row has a level
+    result.update(by_level(correct, levels, f"{prefix}/accuracy"))
+    result.update(by_level(lengths, levels, f"{prefix}/completion_len"))
     return result
