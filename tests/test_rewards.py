@@ -12,7 +12,8 @@ import thinkrl.rewards.math as rmath
 from thinkrl.rewards import REWARDS, get_reward
 from thinkrl.rewards.combine import WeightedRewards
 from thinkrl.rewards.format import format_reward
-from thinkrl.rewards.math import accuracy_reward, extract_answer, is_equivalent, parses, reference_answer
+from thinkrl.rewards.math import (accuracy_reward, extract_answer, final_answers, is_equivalent, parses,
+                                  reference_answer)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # CI always has ../shared/data beside the checkout: there a missing folder fails, never skips
@@ -110,7 +111,7 @@ def test_agreement_with_labelled_model_answers():
         (" <think>it is 72 <answer>72</answer>", "72", 0.0),  # thinking never closed
         (" <think>it is 72</think> <answer></answer>", "72", 0.0),  # empty answer
         (" <think>x</think> <answer>   </answer>", "72", 0.0),
-        ("<answer>5</answer> then <answer>72</answer>", "72", 1.0),  # the last answer block
+        ("<answer>5</answer> then <answer>72</answer>", "72", 0.0),  # two answer blocks: a hedge
         ("<answer>72</answer> then <answer>5</answer>", "72", 0.0),
         ("so \\boxed{\\frac{3}{4}}", "\\frac{3}{4}", 1.0),  # no answer block: the last box
         (" <think>x</think> <answer>\\{1, 2\\}</answer>", "\\{2, 1\\}", 1.0),
@@ -151,7 +152,8 @@ def test_reference_answer_forms():
 def test_extract_answer_sources():
     text = "\\boxed{0} <answer>2</answer> \\boxed{3}"
     assert extract_answer(text, "answer") == "2"
-    assert extract_answer(text, "boxed") == "3"
+    assert extract_answer(text, "boxed") == "3"  # the last of two different boxes...
+    assert final_answers(text, "boxed") == (["0", "3"], "")  # ...both of which must be right
     assert extract_answer(text) == "2"
     assert extract_answer("x \\boxed{3}") == "3"
     assert extract_answer("\\boxed{\\frac{a}{b}} tail", "boxed") == "\\frac{a}{b}"
@@ -234,7 +236,7 @@ def test_a_failing_verification_scores_zero_and_warns(monkeypatch, caplog):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="thinkrl.rewards"):
             # the plain-number pair never reaches math-verify
-            assert accuracy_reward(comps, answer=["0.5", "7"]) == [0.0, 1.0]
+            assert accuracy_reward(comps, answer=["0.5", "7"], workers=0) == [0.0, 1.0]
         assert any("failed" in r.getMessage() or "raised" in r.getMessage() for r in caplog.records)
 
 
@@ -300,3 +302,82 @@ def test_weighted_sum_logs_each_and_survives_a_broken_reward():
     assert per["accuracy"] == [1.0, 0.0] and per["format"] == [1.0, 0.0]
     assert per["tests.test_rewards:broken_reward"] == [0.0, 0.0]
     assert total == [2.5, 0.0]
+
+
+# ---------------------------------------------------------------- reward hacking: each scores 0
+
+
+HACKS = [
+    ("several different boxed answers", " <think>x</think> \\boxed{3} or \\boxed{4}", "4"),
+    ("several different boxes in the answer", " <think>x</think> <answer>\\boxed{4}, \\boxed{5}</answer>", "4"),
+    ("a list of candidates", " <think>x</think> <answer>3, 4, 5</answer>", "4"),
+    ("candidates joined by or", " <think>x</think> <answer>3 or 4</answer>", "4"),
+    ("candidates in text", " <think>x</think> <answer>4 \\text{ or } 5</answer>", "4"),
+    ("candidate equations", " <think>x</think> <answer>x = 3 or x = 4</answer>", "x=4"),
+    ("a candidate set", " <think>x</think> <answer>\\{\\frac{1}{2}, \\frac{1}{3}\\}</answer>", "\\frac{1}{2}"),
+    ("the answer only in the reasoning", " <think>it is 4 <answer>4</answer> \\boxed{4}</think>", "4"),
+    ("an empty answer", " <think>x</think> <answer></answer>", "4"),
+    ("a whitespace answer", " <think>x</think> <answer> \n\t </answer>", "4"),
+    ("repeated answer tags", " <think>x</think> <answer>5</answer><answer>4</answer>", "4"),
+    ("repeated identical answer tags", " <think>x</think> <answer>4</answer><answer>4</answer>", "4"),
+    ("nested answer tags", " <think>x</think> <answer><answer>4</answer></answer>", "4"),
+    ("nested with a wrong outer", " <think>x</think> <answer>5 <answer>4</answer></answer>", "4"),
+    ("a claim of correctness", " <think>x</think> <answer>The answer above is correct.</answer>", "4"),
+    ("a claim in text", " <think>x</think> <answer>\\text{correct}</answer>", "\\frac{1}{2}"),
+    ("a claim of verification", " <think>x</think> <answer>verified: the reference answer</answer>", "\\frac{1}{2}"),
+    ("stops mid-tag", " <think>x</think> <answer>4</ans", "4"),
+    ("stops inside the answer", " <think>x</think> <answer>4", "4"),
+    ("stops mid-box", " <think>x</think> \\boxed{\\frac{1}{2}", "\\frac{1}{2}"),
+    ("a huge completion", " <think>" + "think " * 50_000 + "</think> <answer>4</answer>", "4"),
+    ("a huge answer", " <think>x</think> <answer>" + "4" * 5000 + "</answer>", "4"),
+    ("a huge symbolic answer", " <think>x</think> <answer>" + "x+" * 600 + "x</answer>", "601*x"),
+]
+
+
+@pytest.mark.parametrize("name, completion, reference", HACKS, ids=[h[0] for h in HACKS])
+def test_reward_hacks_score_zero_with_a_reason(name, completion, reference):
+    [scored] = accuracy_reward.scores([completion], answer=[reference])
+    assert scored.value == 0.0 and scored.reason, scored
+
+
+def test_the_honest_versions_of_the_hacks_score_one():
+    """Guards the hack tests: each would pass trivially if the reward scored everything 0."""
+    honest = [(" <think>x</think> \\boxed{4}", "4"), (" <think>x</think> <answer>\\boxed{4}</answer>", "4"),
+              (" <think>x</think> <answer>x = 4</answer>", "x=4"), (" <think>x</think> <answer>4</answer>", "4"),
+              (" <think>x</think> <answer>\\frac{1}{2}</answer>", "\\frac{1}{2}"),
+              (" <think>" + "think " * 1000 + "</think> <answer>4</answer>", "4"),
+              (" <think>x</think> \\boxed{4} so \\boxed{ 4 }", "4"),  # the same answer twice
+              (" <think>x</think> \\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}", "\\frac{639}{40}")]
+    assert accuracy_reward([c for c, _ in honest], answer=[r for _, r in honest]) == [1.0] * len(honest)
+
+
+def test_a_pathological_answer_times_out_and_training_goes_on(caplog):
+    comps = [" <think>x</think> <answer>9^{9^{9^{9}}}</answer>", " <think>x</think> <answer>\\frac{2}{4}</answer>"]
+    with caplog.at_level(logging.WARNING, logger="thinkrl.rewards"):
+        scores = accuracy_reward.scores(comps, answer=["\\frac{1}{2}"] * 2, timeout_s=2)
+    assert scores[0].value == 0.0 and "timeout" in scores[0].reason
+    assert scores[1].value == 1.0
+    assert any("timeout" in r.getMessage() and "9^{9^{9^{9}}}" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unparseable_reference_is_reported_once_and_skipped(caplog):
+    ref = "\\frac{unclosed"
+    comps = [" <think>x</think> <answer>4</answer>", " <think>x</think> <answer>\\frac{1}{2}</answer>", "no answer"]
+    rmath._REPORTED.discard(ref)
+    with caplog.at_level(logging.WARNING, logger="thinkrl.rewards"):
+        first = accuracy_reward.scores(comps, answer=[ref] * 3)
+        second = accuracy_reward(comps, answer=[ref] * 3)
+    assert [s.value for s in first] == [None] * 3 and second == [None] * 3
+    assert all("reference" in s.reason for s in first)
+    assert sum("cannot be parsed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_reasons_say_why_a_sample_scored_zero():
+    comps = [" <think>x</think> <answer>5</answer>", " <think>x</think>", " <think>x</think> <answer>\\frac{1}{3}</answer>",
+             " <think>x</think> <answer>4</answer>"]
+    scores = accuracy_reward.scores(comps, answer=["4", "4", "\\frac{1}{2}", "4"])
+    assert [s.value for s in scores] == [0.0, 0.0, 0.0, 1.0]
+    assert scores[0].reason == "5 is not 4"
+    assert scores[1].reason == "nothing after the reasoning"
+    assert "\\frac{1}{3} is not \\frac{1}{2}" == scores[2].reason
+    assert scores[3].reason == ""
