@@ -3,6 +3,7 @@
     thinkrl zero  [--out DIR] [--resume] [section.key=value ...]   R1-Zero on the embedded tiny model
     thinkrl train --config FILE.yaml [--out DIR] [--resume] [...]   the same GRPO for any causal LM
     thinkrl build-tiny [--out DIR]                                  rebuild the embedded model and task
+    thinkrl score --rewards A,B --data IN.jsonl --out OUT.jsonl     rewards on a file of completions
 """
 
 from __future__ import annotations
@@ -69,6 +70,33 @@ def _run_training(args, config_path: str | None) -> int:
     return 130 if s["interrupted"] else 0
 
 
+def _score(args) -> int:
+    from .config import ConfigError, parse_overrides
+    from .rewards import get_reward
+    from .score import format_summary, score_file
+
+    names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    try:
+        for name in names:
+            get_reward(name)
+        params = parse_overrides(args.param)
+    except (ValueError, ConfigError) as e:
+        print(f"thinkrl score: {e}", file=sys.stderr)
+        return 2
+    unknown = [p for p in params if p not in names]
+    if unknown or any(not isinstance(v, dict) for v in params.values()):
+        print(f"thinkrl score: --param must look like REWARD.key=value for a reward in --rewards, got {args.param}",
+              file=sys.stderr)
+        return 2
+    if not Path(args.data).is_file():
+        print(f"thinkrl score: no such file {args.data}", file=sys.stderr)
+        return 2
+    result = score_file(names, args.data, args.out, params, timeout_s=args.timeout)
+    print(format_summary(result))
+    print(f"thinkrl score: wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "math_verify", "latex2sympy2_extended"):
@@ -91,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     p_build = sub.add_parser("build-tiny", help="rebuild the embedded tiny model, tokenizer and task data")
     p_build.add_argument("rest", nargs=argparse.REMAINDER)
 
+    p_score = sub.add_parser("score", help="score a JSONL file of completions with named rewards, with reasons")
+    p_score.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
+    p_score.add_argument("--data", required=True, help="JSONL with completion, and prompt/answer/tests/... columns")
+    p_score.add_argument("--out", required=True, help="output JSONL: one row per input row")
+    p_score.add_argument("--param", action="append", default=[], metavar="REWARD.KEY=VALUE",
+                         help="a reward's setting, e.g. accuracy.source=final (repeatable)")
+    p_score.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
+
     args = parser.parse_args(argv)
     if args.command == "zero":
         return _run_training(args, None)
@@ -98,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is None and not args.resume:
             parser.error("train needs --config FILE.yaml (or --resume --out DIR)")
         return _run_training(args, args.config)
+    if args.command == "score":
+        return _score(args)
     if args.command == "build-tiny":
         from .task.build import main as build_main
 

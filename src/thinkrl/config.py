@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,13 @@ class OptimConfig:
 
 @dataclass
 class RewardsConfig:
+    # name (see thinkrl.rewards.REWARDS) or import path package.module:function -> weight
     weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    # each reward's own keyword settings, e.g. {accuracy: {source: boxed}, language: {lang: zh}}
+    params: dict[str, dict] = field(default_factory=dict)
+    timeout_s: float = 60.0  # a reward's call on one step's batch; past it the batch scores on_error
+    on_error: float | None = 0.0  # the score of samples whose reward raised or timed out (null: not applicable)
+    isolate: bool = True  # run rewards given by import path in a worker process, killed at timeout_s
 
 
 @dataclass
@@ -281,6 +288,20 @@ def validate(cfg: Config) -> None:
         need(name in REWARDS or ":" in name,
              f"rewards.weights names unknown reward {name!r}" + _suggest(name, sorted(REWARDS))
              + " (or give an import path package.module:function)")
+    for name, params in cfg.rewards.params.items():
+        need(name in cfg.rewards.weights, f"rewards.params.{name} sets a reward that is not in rewards.weights"
+             + _suggest(name, sorted(cfg.rewards.weights)))
+        need(isinstance(params, dict), f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
+    need(cfg.rewards.timeout_s > 0, "rewards.timeout_s must be > 0 seconds")
+    for name in ("overlong", "cosine_length"):  # length shaping must be able to reach the budget
+        if name in cfg.rewards.weights and name in REWARDS:
+            limit = cfg.rewards.params.get(name, {}).get("max_length")
+            if limit is None:
+                limit = inspect.signature(REWARDS[name]).parameters["max_length"].default
+            need(limit <= r.max_new_tokens,
+                 f"the {name} reward's max_length is {limit} but completions stop at rollout.max_new_tokens="
+                 f"{r.max_new_tokens}, so its length shaping never applies; set rewards.params.{name}.max_length="
+                 f"{r.max_new_tokens}")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 

@@ -96,7 +96,8 @@ class GRPOTrainer:
         # β = 0: no reference model is loaded at all
         self.ref = load_model(cfg.model.path, self.device, requires_grad=False) if cfg.objective.beta > 0 else None
         self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
-        self.rewards = WeightedRewards(cfg.rewards.weights)
+        rw = cfg.rewards
+        self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate)
         self.pad_id = self.engine.pad_id
 
         d = cfg.data
@@ -205,7 +206,8 @@ class GRPOTrainer:
         # 2. rule rewards, 3. group-relative advantages
         t1 = time.perf_counter()
         group_rows = [row for row in rows for _ in range(G)]
-        total, per_reward = self.rewards(rollouts.texts, group_rows, prompts=[row["question"] for row in group_rows])
+        total, per_reward = self.rewards(rollouts.texts, group_rows, prompts=[row["question"] for row in group_rows],
+                                         completion_lengths=[len(c) for c in rollouts.completion_ids])
         rewards = torch.tensor(total, dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, G, cfg.scale_std)
         timing["reward"] = time.perf_counter() - t1
@@ -288,6 +290,7 @@ class GRPOTrainer:
             vals = [v for v in values if v is not None]
             m[f"rewards/{name}"] = mean(vals)
             m[f"rewards/{name}_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+            m[f"rewards/{name}_errors"] = self.rewards.errors[name]  # failed batches so far
         if "format" in per_reward:
             m["format_rate"] = m["rewards/format"]
         m.update(by_level(lengths, levels, "completion_len"))

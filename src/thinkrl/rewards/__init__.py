@@ -1,16 +1,29 @@
 """Rule-based rewards (DeepSeek-R1 §2.2: rules, never a neural reward model, which gets hacked).
 
-The contract (TRL's): a reward is a plain callable
+The contract (TRL's, spelled out in `rewards.base`): a reward is a plain callable
 
-    f(completions: list[str], **columns) -> list[float | None]
+    f(completions: list[str], *, prompts=None, completion_lengths=None, **columns) -> list[float | None]
 
 Dataset columns arrive as keyword arguments, lists aligned with `completions` (`answer=`,
-`level=`, ...; `prompts=` is the question text). A reward must accept and ignore columns
-it does not use (`**kwargs`). `None` means "not applicable" (the reference answer cannot be
-parsed, say): it is never counted as a reward.
+`tests=`, `level=`, ...), and so do the reward's own settings (`rewards.params.<name>`). A
+reward must accept and ignore keywords it does not use (`**kwargs`). `None` means "not
+applicable" (the reference answer cannot be parsed, say): it is never counted as a reward.
+Rewards here also give the reason for each score (`.scores(...)`, used by `thinkrl score`).
 
-Registered here: `accuracy` (math answers against the reference by math-verify, see
-`rewards.math`) and `format` (`<think>…</think> <answer>…</answer>`, see `rewards.format`).
+Registered:
+
+| name | what | module |
+| --- | --- | --- |
+| `accuracy` | math answer equivalent to the reference (math-verify, time-limited workers) | `math` |
+| `code` | pass fraction (or all-or-nothing) of test cases, run in the sandbox | `code` |
+| `format` | strict `<think>…</think> <answer>…</answer>` | `format` |
+| `format_lenient` | the four tags once each, in order, text around allowed | `format` |
+| `tag_count` | 0.25 per tag present once and in order | `format` |
+| `language` | share of chain-of-thought words in the target language (R1 stage 2) | `language` |
+| `overlong` | DAPO's soft overlong punishment | `length` |
+| `cosine_length` | cosine length scaling (Yeo et al. 2025) | `length` |
+| `repetition` | n-gram repetition penalty (Yeo et al. 2025) | `repetition` |
+
 Rewards are chosen and weighted by name in the config (`rewards.weights`), or by an import
 path `package.module:function` for a user's own.
 """
@@ -20,14 +33,23 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from .format import format_reward
+from .format import format_lenient_reward, format_reward, tag_count_reward
+from .language import language_consistency_reward
+from .length import cosine_length_reward, overlong_penalty_reward
 from .math import accuracy_reward
+from .repetition import repetition_penalty_reward
 
 Reward = Callable[..., list]
 
 REWARDS: dict[str, Reward] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
+    "format_lenient": format_lenient_reward,
+    "tag_count": tag_count_reward,
+    "language": language_consistency_reward,
+    "overlong": overlong_penalty_reward,
+    "cosine_length": cosine_length_reward,
+    "repetition": repetition_penalty_reward,
 }
 
 

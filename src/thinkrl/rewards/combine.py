@@ -1,37 +1,94 @@
-"""Weighted sum of named rewards, each logged on its own.
+"""The rewards of a run: named rewards, each with its settings, weighted and summed, each
+logged on its own.
 
-A reward that raises is logged with its input and scores 0 for the batch; it never kills the
-run. None ("not applicable") adds nothing to the total and is left out of that reward's mean.
+A reward that raises, returns the wrong number of values, or runs past `timeout_s` is
+logged with its input and scores `on_error` (default 0; None = not applicable) for that
+batch: it never kills the run. The built-in rewards bound their own work (math verification
+in time-limited workers, code in the sandbox). A user's reward, named by import path, runs
+in a worker process of its own when `isolate` is on (the default), so that a hang is killed
+at the limit; with `isolate` off it runs in a thread of the training process and a hang is
+abandoned at the limit (its thread cannot be killed).
+
+None ("not applicable") adds nothing to the total and is left out of that reward's mean.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from .base import Scored, scores_of
 
 log = logging.getLogger("thinkrl.rewards")
 
 
+def _call_reward(name: str, completions: list[str], kwargs: dict) -> list[Scored]:
+    """Runs in a reward worker: the reward by name or import path, with reasons."""
+    from . import get_reward
+
+    return scores_of(get_reward(name), completions, **kwargs)
+
+
 class WeightedRewards:
-    def __init__(self, weights: dict[str, float]):
-        from . import get_reward
+    def __init__(self, weights: dict[str, float], params: dict[str, dict] | None = None,
+                 timeout_s: float = 60.0, on_error: float | None = 0.0, isolate: bool = True):
+        from . import REWARDS, get_reward
 
         self.weights = dict(weights)
+        self.params = {name: dict((params or {}).get(name) or {}) for name in weights}
         self.fns = {name: get_reward(name) for name in weights}
+        self.builtin = {name: name in REWARDS for name in weights}
+        self.timeout_s, self.on_error, self.isolate = timeout_s, on_error, isolate
+        self.errors = {name: 0 for name in weights}  # batches that failed, per reward
 
-    def __call__(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None):
-        """Returns (total [N] floats, {name: [N] float | None})."""
-        columns = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
-        per: dict[str, list] = {}
-        for name, fn in self.fns.items():
+    def _run(self, name: str, completions: list[str], kwargs: dict) -> list[Scored]:
+        if self.builtin[name]:
+            return scores_of(self.fns[name], completions, **kwargs)
+        if self.isolate:
+            from .pool import shared_pool
+
+            [outcome] = shared_pool(None, 1).map(_call_reward, [(name, completions, kwargs)], self.timeout_s)
+            if outcome.status != "ok":
+                raise RuntimeError(outcome.value)
+            return outcome.value
+        ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
+        try:
+            return ex.submit(scores_of, self.fns[name], completions, **kwargs).result(timeout=self.timeout_s)
+        except FutureTimeout:
+            raise TimeoutError(f"no result within {self.timeout_s:g} s (its thread is abandoned)") from None
+        finally:
+            ex.shutdown(wait=False)
+
+    def scores(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
+               completion_lengths: list[int] | None = None) -> dict[str, list[Scored]]:
+        """{name: one Scored(value, reason) per completion}; failures scored `on_error`."""
+        keys = dict.fromkeys(k for r in rows for k in r)  # every column any row has, in order
+        columns = {k: [r.get(k) for r in rows] for k in keys}
+        per: dict[str, list[Scored]] = {}
+        for name in self.fns:
+            kwargs = dict(columns, prompts=prompts, **self.params[name])
+            if completion_lengths is not None:
+                kwargs["completion_lengths"] = completion_lengths
             try:
-                values = list(fn(completions, prompts=prompts, **columns))
-                if len(values) != len(completions):
-                    raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
+                scored = self._run(name, completions, kwargs)
+                if len(scored) != len(completions):
+                    raise ValueError(f"returned {len(scored)} values for {len(completions)} completions")
             except Exception as e:  # a broken reward must not end the run
-                log.warning("reward %r raised %s: %s (first completion: %r); scoring 0",
-                            name, type(e).__name__, e, completions[0][:200] if completions else "")
-                values = [0.0] * len(completions)
-            per[name] = [None if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+                self.errors[name] += 1
+                log.warning("reward %r failed (%s: %s) on a batch of %d; scoring %s. First input: completion %r, "
+                            "row %r", name, type(e).__name__, e, len(completions), self.on_error,
+                            completions[0][:200] if completions else "", rows[0] if rows else None)
+                scored = [Scored(self.on_error, f"reward failed: {type(e).__name__}: {e}")] * len(completions)
+            per[name] = [s if s.value is None or math.isfinite(float(s.value))
+                         else Scored(None, f"non-finite value {s.value}") for s in scored]
+        return per
+
+    def __call__(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
+                 completion_lengths: list[int] | None = None):
+        """Returns (total [N] floats, {name: [N] float | None})."""
+        per = {name: [None if s.value is None else float(s.value) for s in scored]
+               for name, scored in self.scores(completions, rows, prompts, completion_lengths).items()}
         total = [sum(self.weights[n] * (per[n][i] or 0.0) for n in per) for i in range(len(completions))]
         return total, per
