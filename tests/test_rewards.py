@@ -119,6 +119,19 @@ def test_agreement_with_labelled_model_answers():
         (" <think>x</think> <answer>(-2, 2)</answer>", "[-2,2]", 0.0),
         (" <think>x</think> <answer>3\\sqrt{2}</answer>", "\\sqrt{18}", 1.0),
         (" <think>x</think> <answer>3\\sqrt{2}</answer>", "3", 0.0),
+        # percentages, units, equations, degrees (math-verify's leniencies, each with a wrong twin)
+        (" <think>x</think> <answer>50\\%</answer>", "50", 1.0),
+        (" <think>x</think> <answer>51\\%</answer>", "50", 0.0),
+        (" <think>x</think> <answer>5 \\text{ cm}</answer>", "5", 1.0),
+        (" <think>x</think> <answer>6\\,\\mathrm{cm}</answer>", "5", 0.0),
+        (" <think>x</think> <answer>x = 3</answer>", "3", 1.0),
+        (" <think>x</think> <answer>x = 4</answer>", "3", 0.0),
+        (" <think>x</think> <answer>y = 2x + 1</answer>", "y=1+2x", 1.0),
+        (" <think>x</think> <answer>y = 2x - 1</answer>", "y=1+2x", 0.0),
+        (" <think>x</think> <answer>90^\\circ</answer>", "90", 1.0),
+        (" <think>x</think> <answer>\\pi/2</answer>", "\\frac{\\pi}{2}", 1.0),
+        (" <think>x</think> <answer>x \\in [1, 2)</answer>", "[1,2)", 1.0),
+        (" <think>x</think> <answer>x \\in [1, 2]</answer>", "[1,2)", 0.0),
     ],
 )
 def test_accuracy_cases(completion, reference, expected):

@@ -16,6 +16,14 @@ def has_reflection(text: str) -> bool:
     return _REFLECTION_RE.search(text) is not None
 
 
+def reflection_counts(text: str) -> dict[str, int]:
+    """How many times each reflective word occurs in the text (case-insensitive, whole words)."""
+    counts = dict.fromkeys(REFLECTION_WORDS, 0)
+    for m in _REFLECTION_RE.finditer(text):
+        counts[m.group(1).lower()] += 1
+    return counts
+
+
 def mean(xs) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
