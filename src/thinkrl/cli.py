@@ -4,6 +4,8 @@
     thinkrl train --config FILE.yaml [--out DIR] [--resume] [...]   the same GRPO for any causal LM
     thinkrl build-tiny [--out DIR]                                  rebuild the embedded model and task
     thinkrl score --rewards A,B --data IN.jsonl --out OUT.jsonl     rewards on a file of completions
+    thinkrl eval --model M --benchmark B[,B...] --samples K --out DIR   pass@1, cons@K, pass@k (R1 protocol)
+    thinkrl analyze RUN_DIR                                         length, reflection, accuracy plots of a run
 """
 
 from __future__ import annotations
@@ -97,6 +99,45 @@ def _score(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from .data import DataError
+    from .evaluation.run import EvalSettings, format_results, run_eval
+
+    names = [b.strip() for arg in args.benchmark for b in arg.split(",") if b.strip()]
+    if args.samples < 1 or (args.limit is not None and args.limit < 1):
+        print("thinkrl eval: --samples and --limit must be >= 1", file=sys.stderr)
+        return 2
+    if not (args.temperature > 0 and 0 < args.top_p <= 1):
+        print("thinkrl eval: --temperature must be > 0 (the R1 protocol samples, never greedy) and --top-p in (0, 1]",
+              file=sys.stderr)
+        return 2
+    s = EvalSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
+                     max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, limit=args.limit,
+                     batch_size=args.batch_size)
+    try:
+        results = run_eval(args.model, names, args.out, s, data_dir=args.data_dir, device=args.device,
+                           show_progress=not args.no_progress)
+    except (DataError, ValueError, OSError) as e:
+        print(f"thinkrl eval: {e}", file=sys.stderr)
+        return 2
+    print(format_results(results))
+    print(f"thinkrl eval: wrote {Path(args.out) / 'results.json'} and samples.jsonl")
+    return 0
+
+
+def _analyze(args) -> int:
+    from .evaluation.analyze import analyze_run, format_analysis
+
+    run = Path(args.run_dir)
+    if not (run / "metrics.jsonl").exists():
+        print(f"thinkrl analyze: {run} has no metrics.jsonl; give the directory of a thinkrl run", file=sys.stderr)
+        return 2
+    result = analyze_run(run)
+    print(format_analysis(result))
+    print(f"thinkrl analyze: plots in {run / 'analysis'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "math_verify", "latex2sympy2_extended"):
@@ -127,6 +168,26 @@ def main(argv: list[str] | None = None) -> int:
                          help="a reward's setting, e.g. accuracy.source=final (repeatable)")
     p_score.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
 
+    p_eval = sub.add_parser("eval", help="evaluate a model by the R1 protocol: K samples per question")
+    p_eval.add_argument("--model", required=True, help="local directory, hub id, or 'embedded'")
+    p_eval.add_argument("--benchmark", action="append", required=True,
+                        help="gsm8k, math500, humaneval, aime, embedded, aime:PATH, jsonl:PATH[?question=COL&answer=COL]"
+                             " (repeatable or comma-separated)")
+    p_eval.add_argument("--samples", type=int, default=16, help="K samples per question (default 16)")
+    p_eval.add_argument("--out", required=True, help="directory for results.json and samples.jsonl")
+    p_eval.add_argument("--limit", type=int, help="at most this many questions per benchmark")
+    p_eval.add_argument("--temperature", type=float, default=0.6)
+    p_eval.add_argument("--top-p", type=float, default=0.95)
+    p_eval.add_argument("--max-new-tokens", type=int, help="completion budget (default: min(512, half the context))")
+    p_eval.add_argument("--template", default="r1_zero", help="r1_zero, chat, none, or a string with {prompt}")
+    p_eval.add_argument("--batch-size", type=int, default=64, help="completions per generation call")
+    p_eval.add_argument("--seed", type=int, default=0)
+    p_eval.add_argument("--data-dir", help="where the benchmark files are (default $THINKRL_DATA or ../shared/data)")
+    p_eval.add_argument("--device", default="auto")
+    p_eval.add_argument("--no-progress", action="store_true")
+    p_analyze = sub.add_parser("analyze", help="the paper's analyses of a run: length, reflective words, accuracy")
+    p_analyze.add_argument("run_dir")
+
     args = parser.parse_args(argv)
     if args.command == "zero":
         return _run_training(args, None)
@@ -136,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         return _run_training(args, args.config)
     if args.command == "score":
         return _score(args)
+    if args.command == "eval":
+        return _eval(args)
+    if args.command == "analyze":
+        return _analyze(args)
     if args.command == "build-tiny":
         from .task.build import main as build_main
 

@@ -81,8 +81,8 @@ def _draw(ax, rows, key, label, color, kind="train") -> bool:
     return True
 
 
-def _figure(title, ylabel, draw, unit=False) -> str:
-    """Run draw(ax) -> bool on a fresh figure; an <img> with the PNG inlined, or '' if nothing was drawn."""
+def render_png(title, ylabel, draw, unit=False, xlabel="step") -> bytes | None:
+    """Run draw(ax) -> bool on a fresh figure; the PNG bytes, or None if nothing was drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -91,9 +91,9 @@ def _figure(title, ylabel, draw, unit=False) -> str:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if not draw(ax):
-        return ""
+        return None
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     if unit and 0 <= ax.dataLim.y0 and ax.dataLim.y1 <= 1:  # a share: show all of [0, 1]
@@ -108,8 +108,18 @@ def _figure(title, ylabel, draw, unit=False) -> str:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    data = base64.b64encode(buf.getvalue()).decode()
-    return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+    return buf.getvalue()
+
+
+def _img(title, png: bytes | None) -> str:
+    """An <img> with the PNG inlined, or '' for no plot."""
+    if png is None:
+        return ""
+    return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _figure(title, ylabel, draw, unit=False) -> str:
+    return _img(title, render_png(title, ylabel, draw, unit))
 
 
 def _train_and_eval(rows, train_key, eval_key):
@@ -180,7 +190,7 @@ def _plots(rows) -> list[str]:
         _figure("Reflective words (wait, verify, ...)", "share of responses",
                 _train_and_eval(rows, "reflection_rate", "eval/reflection_rate"), unit=True),
         _figure("Where a step's time goes", "seconds", timing),
-    ) if p]
+    ) if p] + [_img(title, png) for title, png in analysis_plots(rows)]
 
 
 def _fmt(v) -> str:
@@ -216,6 +226,13 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
         if k.endswith("_start") and k[:-6] + "_end" in rest:
             out.append((k[:-6], f"{_fmt(rest.pop(k))} → {_fmt(rest.pop(k[:-6] + '_end'))}"))
     return out + [(k, _fmt(v)) for k, v in rest.items()]
+
+
+def analysis_plots(rows):
+    from .evaluation.analyze import plots  # the paper's analyses: length by difficulty, each reflective word
+
+    return [(t, png) for t, png in plots(rows) if t in ("Response length against difficulty",
+                                                         "Reflective words across training")]
 
 
 def write_report(run_dir) -> Path:
