@@ -32,6 +32,7 @@ def fake_run(run_dir, steps=40, eval_every=10, summary=True, config=True):
             row.update({"eval/accuracy": 0.2 + 0.4 * s / max(steps, 1), "eval/completion_len": 30 + s, "eval/format_rate": 0.8})
             row.update({f"eval/accuracy/level_{k}": 1 / k for k in range(1, 5)})
             row.update({f"eval/completion_len/level_{k}": 20 * k + s for k in range(1, 5)})
+            row.update({"eval/reflection/wait": 0.1 + s / 100, "eval/reflection/check": 0.05})
         lines.append(json.dumps(row))  # json.dumps writes the NaN literal, as a careless writer would
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if summary:
@@ -58,8 +59,10 @@ def test_report_is_self_contained_with_each_plot(tmp_path):
     out = write_report(tmp_path)
     assert out == tmp_path / "report.html" and out.exists()
     page = out.read_text()
-    # reward, accuracy, length, format, kl/clip, reflection, timing
-    assert images(page) == 7
+    # reward, accuracy, length, format, kl/clip, reflection, timing; then the analyses: length
+    # against difficulty, each reflective word
+    assert images(page) == 9
+    assert "Response length against difficulty" in page and "Reflective words across training" in page
     assert_self_contained(page)
     assert tmp_path.name in page.split("</h1>")[0]
     assert "0.2 → 0.6" in page and "8m 32s" in page and "40" in page and "0.8 → 0.95" in page
@@ -75,7 +78,7 @@ def test_plots_without_data_are_left_out(tmp_path):
         for k in [k for k in r if k.startswith(("timing/", "reflection_rate", "kl", "clip_frac"))]:
             del r[k]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert images(write_report(tmp_path).read_text()) == 4
+    assert images(write_report(tmp_path).read_text()) == 6
 
 
 def test_killed_run_with_a_cut_line_and_no_summary(tmp_path):
@@ -87,7 +90,7 @@ def test_killed_run_with_a_cut_line_and_no_summary(tmp_path):
     page = write_report(tmp_path).read_text()
     assert "summary.json is missing" in page and "last step logged: 3" in page
     assert "config.yaml is missing" in page
-    assert 1 <= images(page) <= 7
+    assert 1 <= images(page) <= 9
     assert_self_contained(page)
 
 
@@ -104,4 +107,4 @@ def test_only_step_zero(tmp_path):
     fake_run(tmp_path, steps=0)
     page = write_report(tmp_path).read_text()
     assert "no training step yet" in page
-    assert images(page) == 3  # held-out accuracy, length, format rate: one point each
+    assert images(page) == 5  # held-out accuracy, length, format rate, length by level, reflective words: one evaluation each
