@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from .code import code_reward
 from .format import format_lenient_reward, format_reward, tag_count_reward
 from .language import language_consistency_reward
 from .length import cosine_length_reward, overlong_penalty_reward
@@ -43,6 +44,7 @@ Reward = Callable[..., list]
 
 REWARDS: dict[str, Reward] = {
     "accuracy": accuracy_reward,
+    "code": code_reward,
     "format": format_reward,
     "format_lenient": format_lenient_reward,
     "tag_count": tag_count_reward,
