@@ -121,3 +121,65 @@ def test_analyze_a_zero_run(tmp_path, capsys):
     assert (run / "analysis" / "reflective_words.png").exists()
     assert "Response length against difficulty" in (run / "report.html").read_text()
     assert main(["analyze", str(tmp_path / "nothing")]) == 2
+
+
+class ScriptedEngine:
+    """A rollout engine that answers from a script (question -> K completions): the engine
+    interface, so evaluate_rows' scoring and estimators are checked on known answers."""
+
+    def __init__(self, script, tokenizer):
+        self.script, self.tokenizer = script, tokenizer
+
+    def generate(self, prompt_ids, params, generator=None):
+        from thinkrl.rollout import Rollouts
+
+        texts = []
+        for ids in prompt_ids:
+            prompt = self.tokenizer.decode(ids)
+            [key] = [k for k in self.script if k in prompt]
+            assert len(self.script[key]) == params.n
+            texts += self.script[key]
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return Rollouts(prompt_ids=[p for p in prompt_ids for _ in range(params.n)], completion_ids=ids,
+                        logprobs=[[0.0] * len(i) for i in ids], texts=texts, finish_reasons=["stop"] * len(texts))
+
+    def sync_weights(self, model):
+        pass
+
+
+def test_math_votes_by_equivalence_and_code_is_executed(qwen2_dir):
+    from thinkrl.evaluation.benchmarks import load_benchmark
+    from thinkrl.evaluation.run import evaluate_rows
+    from thinkrl.policy import load_tokenizer
+
+    tok = load_tokenizer(str(qwen2_dir))
+    a = lambda x: f" <think>x</think> <answer>{x}</answer>"  # noqa: E731
+    math_rows = [{"id": "q1", "question": "QONE", "answer": "0.5", "kind": "math"},
+                 {"id": "q2", "question": "QTWO", "answer": "2", "kind": "math"}]
+    script = {"QONE": [a("2"), a("1/2"), a("2"), a("\\frac{1}{2}"), a("0.5")],  # 3 equivalent votes beat 2
+              "QTWO": [a("3"), a("2"), a("2"), a("3"), a("7")]}  # a tie: 3 was seen first
+    s = EvalSettings(samples=5, max_new_tokens=16)
+    summary, samples = evaluate_rows(ScriptedEngine(script, tok), tok, math_rows, s)
+    assert summary["pass@1"]["mean"] == pytest.approx((3 / 5 + 2 / 5) / 2)
+    assert summary["cons@5"]["mean"] == pytest.approx(0.5)  # q1 right by the vote, q2 wrong by the tie rule
+    assert summary["pass@k"]["5"]["mean"] == 1.0
+
+    he = load_benchmark("humaneval", DATA, limit=3)
+    good = lambda r: f"```python\n{r['prompt']}{r['answer'][len(r['prompt']):]}```"  # noqa: E731
+    bad = lambda r: f"```python\n{r['prompt']}    return None\n```"  # noqa: E731
+    script = {r["prompt"][-60:]: [good(r), bad(r)] for r in he}
+    summary, samples = evaluate_rows(ScriptedEngine(script, tok), tok, he, EvalSettings(samples=2, max_new_tokens=16))
+    assert [x["correct"] for x in samples] == [True, False] * 3
+    assert summary["pass@1"]["mean"] == 0.5 and summary["pass@k"]["2"]["mean"] == 1.0
+    assert "cons@2" not in summary  # majority voting is for answers, not programs
+    assert all(x["reason"] for x in samples if not x["correct"])
+
+
+def test_eval_on_a_humaneval_slice(tmp_path):
+    rc = main(["eval", "--model", "embedded", "--benchmark", "humaneval", "--samples", "2", "--limit", "6",
+               "--max-new-tokens", "32", "--out", str(tmp_path), "--no-progress", "--data-dir", str(DATA)])
+    assert rc == 0
+    b = json.loads((tmp_path / "results.json").read_text())["benchmarks"]["humaneval"]
+    assert b["n_questions"] + b["skipped_too_long"] == 6 and b["n_questions"] > 0
+    samples = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 * b["n_questions"] and all(x["reason"] for x in samples if not x["correct"])
