@@ -221,7 +221,7 @@ def test_a_sandbox_failure_is_not_a_zero(monkeypatch):
     """When the sandbox itself fails the program never ran: None (not applicable), not 0."""
     import dataclasses
 
-    from thinkrl import sandbox
+    from thinkrl.sandbox import detect as sandbox  # `_iso` and `isolation` live in sandbox.detect
 
     monkeypatch.setattr(sandbox, "_iso", dataclasses.replace(sandbox.isolation(), unshare_flags=0x1))
     (s,) = code_reward.scores([block("x = 1")], tests=[["assert x == 1"]])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkrl import sandbox
+from thinkrl.sandbox import detect as sandbox  # `_iso`, the cached isolation, lives in sandbox.detect
 from thinkrl.sandbox import Job, Limits, SandboxPool, isolation, run_python
 
 REPO = Path(__file__).resolve().parents[1]

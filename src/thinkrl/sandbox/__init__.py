@@ -1,0 +1,87 @@
+"""A sandbox for untrusted, model-written Python: one fresh interpreter per run, fenced in by
+every layer the machine allows, killed with everything it started when the run ends.
+
+    run_python(code, stdin="", limits=Limits()) -> Execution
+    SandboxPool(workers=None).map([Job(code, stdin), ...]) -> list[Execution]
+    isolation() -> Isolation        # which layers are active here (detected once, cached)
+
+Each run is `python -I -S -B -X utf8 -c BOOTSTRAP` (this interpreter, isolated mode, no
+site-packages: the standard library only). The bootstrap applies the layers below, then runs
+the program (`main.py` in the run's private directory) as `__main__`. A layer that was detected
+but cannot be applied fails the run closed (status "sandbox_error"), never silently. Layers,
+in the order they are applied, and where each applies:
+
+- **Private directory** (always): a fresh temporary directory is the program's cwd, HOME and
+  TMPDIR; it is deleted after the run.
+- **Scrubbed environment** (always): none of the parent's variables; only PATH (system
+  directories), HOME, TMPDIR, LANG/LC_ALL, PYTHONDONTWRITEBYTECODE, PYTHONIOENCODING and a
+  per-run marker.
+- **Namespaces** (where the kernel allows): a new network namespace (only a downed loopback:
+  nothing, not even 127.0.0.1, is reachable), IPC namespace (SysV IPC, POSIX queues) and PID
+  namespace. In the PID namespace a small init runs the program as its child: the program
+  cannot see or signal any process outside, and when it ends init exits and the kernel kills
+  everything left inside. As root the namespaces are made directly; as any other user (or as
+  root without CAP_SYS_ADMIN, after dropping to the slot's uid) inside a new user namespace
+  mapping only that uid (capabilities dropped), where unprivileged user namespaces are enabled.
+- **Dedicated uid** (root only): each concurrent run gets its own unprivileged uid (a "slot",
+  locked across processes). File permissions then keep it away from the host's files, home and
+  working tree, it cannot signal or trace the parent or read its /proc entries, RLIMIT_NPROC
+  bites, and afterwards every process of that uid is killed (found by scanning /proc) and what
+  it left in /tmp, /var/tmp and /dev/shm is removed. The interpreter may live where that uid
+  cannot go (pyenv under /root): the import path is opened before privileges are dropped and
+  reached through /proc/self/fd.
+- **Resource limits** (always): RLIMIT_CPU (SIGXCPU at the limit, SIGKILL a second later),
+  RLIMIT_AS (memory), RLIMIT_NPROC (processes and threads; without a dedicated uid or user
+  namespace it counts the user's other tasks too, so it is set to their number plus the limit),
+  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0. Hard limits cannot be raised again.
+- **no_new_privs** (always): setuid binaries give nothing.
+- **Landlock** (Linux >= 5.13 with Landlock enabled, root or not): the kernel refuses every
+  write, create, delete, rename or link outside the private directory (and /dev/null), and
+  mounts; from ABI 4 every TCP bind/connect; from ABI 6 signals to processes outside the
+  sandbox and connections to abstract unix sockets. Reads are not restricted (beyond ordinary
+  permissions): the program can read what its uid can read.
+- **Process group** (always): the program leads its own session; the whole group is SIGKILLed
+  when the run ends. Without a dedicated uid or PID namespace, processes that left the group are
+  found by the per-run marker in their environment and killed too.
+- **Wall clock and output** (always, enforced by the parent): the run is killed at `wall_s`, or
+  as soon as stdout+stderr exceed `max_output_bytes` (what came before the cap is kept).
+- **Audit hook** (always, unless `audit_hook=False`): `sys.addaudithook`, installed before the
+  program runs, refuses network use, process creation, signals, ctypes, writes/deletes/renames
+  outside the private directory, links, reading other processes' /proc entries or process
+  memory, raising resource limits, gc's object enumeration and rewriting the hook, with
+  `PermissionError: [sandbox] ...` (status "refused"). It is cheap, gives a readable reason,
+  and is the only barrier where the OS layers are missing; but an in-process hook can be got
+  around by a determined program, so where the OS layers exist they are the real barrier.
+  `audit_hook=False` exists to test those on their own.
+
+`isolation()` says which layers are active, and logs one warning (once per process) when network
+isolation, process containment or write protection is missing.
+
+The sandbox never raises because of what a program does; only misuse (wrong argument types, bad
+limits) raises. Trouble in the sandbox itself comes back as status "sandbox_error".
+
+Modules, one concept each:
+
+- `records`: what a run is given and gives back (`Limits`, `Job`, `Execution`, the statuses).
+- `bootstrap`: the code that runs in the child (namespaces, uid, rlimits, no_new_privs,
+  Landlock, the PID namespace's init, the audit hook), as source text.
+- `detect`: which layers this machine allows (`Isolation`, `isolation()`), found by probe runs.
+- `slots`: the dedicated uids (one run at a time each, locked across processes) and the /proc
+  bookkeeping that finds, kills and sweeps up what a run left behind.
+- `run`: `run_python`, the parent side of one run: spawn, limits, output capture, kill, verdict.
+- `pool`: `SandboxPool` and `default_pool()`, many runs at once.
+"""
+
+from .detect import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWPID, CLONE_NEWUSER, Isolation, isolation
+from .pool import SandboxPool, default_pool
+from .records import (ERROR, KILLED, MEMORY, OK, OUTPUT_LIMIT, REFUSED, SANDBOX_ERROR, TIMEOUT, Execution, Job,
+                      Limits)
+from .run import run_python
+from .slots import processes_of_uid
+
+__all__ = [
+    "OK", "ERROR", "TIMEOUT", "MEMORY", "OUTPUT_LIMIT", "KILLED", "REFUSED", "SANDBOX_ERROR",
+    "CLONE_NEWIPC", "CLONE_NEWUSER", "CLONE_NEWPID", "CLONE_NEWNET",
+    "Limits", "Execution", "Job", "Isolation", "isolation", "run_python", "SandboxPool", "default_pool",
+    "processes_of_uid",
+]
