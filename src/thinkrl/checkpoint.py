@@ -3,7 +3,8 @@
 Layout: RUN/checkpoints/step_000050/{model.safetensors, config.json, tokenizer files,
 trainer_state.pt, MANIFEST.json}. A checkpoint is written under a temporary name, flushed,
 given a manifest of sizes and SHA-256 sums, then renamed into place; only then are older
-ones deleted. A directory without a valid manifest is never resumed from.
+ones deleted. A directory without a valid manifest is never resumed from. A write that fails
+(disk full) removes its temporary directory and raises; the previous checkpoints are intact.
 """
 
 from __future__ import annotations
@@ -41,16 +42,20 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, keep: 
     tmp = root / f".tmp_step_{step:06d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / "trainer_state.pt")
-    files = {}
-    for p in sorted(tmp.iterdir()):
-        with p.open("rb") as f:
-            os.fsync(f.fileno())
-        files[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-    (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
-    _fsync_dir(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(state, tmp / "trainer_state.pt")
+        files = {}
+        for p in sorted(tmp.iterdir()):
+            with p.open("rb") as f:
+                os.fsync(f.fileno())
+            files[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is never left to fill the disk
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -64,6 +64,9 @@ def _run_training(args, config_path: str | None) -> int:
     print(f"thinkrl: model {cfg.model.path} ({n_params / 1e6:.2f}M parameters) on {trainer.device}; "
           f"{len(trainer.train_rows)} train / {len(trainer.eval_rows)} held-out questions; {where}; run dir {out}")
     s = trainer.run()
+    if s.get("error"):
+        print(f"thinkrl: {s['error']}", file=sys.stderr)
+        return 1
     acc = ""
     if s.get("accuracy_start") is not None and s.get("accuracy_end") is not None:
         acc = f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; "

@@ -38,7 +38,8 @@ class DataConfig:
     answer_field: str = "answer"
     level_field: str = "level"  # optional difficulty column, used to break metrics down
     eval_size: int = 300  # at most this many held-out questions (0 = all)
-    max_prompt_tokens: int = 256
+    max_prompt_tokens: int = 256  # longer questions are skipped (and counted)
+    on_bad_row: str = "error"  # a malformed line or a row missing a field: error (file:line) | skip (counted)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class TrainConfig:
     save_every: int = 50
     keep_checkpoints: int = 2
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+    max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss, gradient or reward
+    on_checkpoint_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
     profile: bool = False
 
 
@@ -278,6 +281,10 @@ def validate(cfg: Config) -> None:
     need(opt.schedule in ("constant", "linear", "cosine"), f"optim.schedule {opt.schedule!r}: use constant, linear or cosine")
     need(t.steps >= 1, "train.steps must be >= 1")
     need(t.save_every >= 0 and e.every >= 0, "train.save_every and eval.every must be >= 0")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    need(t.on_checkpoint_error in ("stop", "continue"),
+         f"train.on_checkpoint_error {t.on_checkpoint_error!r}: use stop (the default) or continue")
+    need(cfg.data.on_bad_row in ("error", "skip"), f"data.on_bad_row {cfg.data.on_bad_row!r}: use error or skip")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1 (the newest complete checkpoint is always kept)")
     need(e.samples >= 1, "eval.samples must be >= 1")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r}: use auto, float32 or bfloat16")

@@ -101,10 +101,10 @@ class GRPOTrainer:
         self.pad_id = self.engine.pad_id
 
         d = cfg.data
-        self.train_rows, self.train_prompts = self._prepare(load_dataset(d.train, "train", d.question_field, d.answer_field), "train")
+        self.train_rows, self.train_prompts = self._prepare(load_dataset(d.train, "train", d.question_field, d.answer_field, d.on_bad_row), "train")
         self.eval_rows, self.eval_prompts = [], []
         if d.eval != "none":
-            rows = load_dataset(d.eval, "test", d.question_field, d.answer_field)
+            rows = load_dataset(d.eval, "test", d.question_field, d.answer_field, d.on_bad_row)
             self.eval_rows, self.eval_prompts = self._prepare(rows[: d.eval_size or None], "eval")
 
         o = cfg.optim
@@ -115,6 +115,7 @@ class GRPOTrainer:
         self.step = 0
         self.wall_before = 0.0  # seconds spent by earlier segments of a resumed run
         self.bad_steps = 0
+        self.bad_cause = ""  # why the last step was skipped
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
         self.resumed_from = self._resume() if resume else None
@@ -211,6 +212,8 @@ class GRPOTrainer:
         rewards = torch.tensor(total, dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, G, cfg.scale_std)
         timing["reward"] = time.perf_counter() - t1
+        bad = {n: c for n, c in self.rewards.nonfinite.items() if c}
+        skip_cause = ", ".join(f"reward {n!r} returned NaN/inf for {c} samples" for n, c in bad.items())
 
         # 4. the update. Samples with zero advantage add nothing to the clipped term, so
         # without a KL term they are left out of the forward/backward; the batch-wide
@@ -221,8 +224,11 @@ class GRPOTrainer:
         keep = torch.arange(len(lengths)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
         micro = cfg.train.micro_batch_size
         stats = {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
-        loss_sum, grad_norm, skipped = 0.0, 0.0, False
-        if len(keep):
+        loss_sum, grad_norm = 0.0, 0.0
+        if skip_cause:  # never learn from a broken reward signal
+            log.warning("step %d skipped: %s", self.step + 1, skip_cause)
+            timing["logprobs"] = timing["update"] = 0.0
+        elif len(keep):
             batch = SequenceBatch.build([rollouts.prompt_ids[i] for i in keep], [rollouts.completion_ids[i] for i in keep],
                                         self.pad_id, self.device)
             adv = advantages[keep].to(self.device)
@@ -253,7 +259,10 @@ class GRPOTrainer:
                 max_norm = cfg.optim.max_grad_norm or float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    skipped = True  # never apply a NaN/inf update
+                    # never apply a NaN/inf update
+                    what, value = ("loss", loss_sum) if not math.isfinite(loss_sum) else ("gradient norm", grad_norm)
+                    skip_cause = f"the {what} is {value}"
+                    log.warning("step %d skipped: %s", self.step + 1, skip_cause)
                     self.optimizer.zero_grad(set_to_none=True)
                     break
                 self.optimizer.step()
@@ -265,7 +274,8 @@ class GRPOTrainer:
                 self.scheduler.step()
             timing["logprobs"] = timing["update"] = 0.0
         self.step += 1
-        self.bad_steps = self.bad_steps + 1 if skipped else 0
+        self.bad_steps = self.bad_steps + 1 if skip_cause else 0
+        self.bad_cause = skip_cause or self.bad_cause
 
         if o.ref_reset_every and self.ref is not None and self.step % o.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())  # R1: π_ref ← π_θ every 400 steps
@@ -284,7 +294,7 @@ class GRPOTrainer:
             "kl": stats["kl"],
             "clip_frac": stats["clip_frac"],
             "lr": self.scheduler.get_last_lr()[0],
-            "skipped": int(skipped),
+            "skipped": int(bool(skip_cause)),
         }
         for name, values in per_reward.items():
             vals = [v for v in values if v is not None]
@@ -317,7 +327,7 @@ class GRPOTrainer:
             self.metrics.write(row)
         progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
         stop = _StopRequest()
-        ckpt_seconds = None
+        ckpt_seconds, error = None, None
         try:
             while self.step < cfg.train.steps and not stop.requested:
                 m = self.train_step()
@@ -330,25 +340,55 @@ class GRPOTrainer:
                 # the metrics line goes first: a checkpoint never exists without its step's line
                 self.metrics.write(m)
                 progress.update(m)
+                if self.bad_steps >= cfg.train.max_bad_steps:
+                    error = self._bad_steps_message()
+                    break
                 if last or stop.requested or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
                     t = time.perf_counter()
-                    self.save()
+                    error = self._checkpoint()
                     ckpt_seconds = time.perf_counter() - t
-                if self.bad_steps >= 5:
-                    raise RuntimeError(f"{self.bad_steps} consecutive steps had a NaN/inf loss or gradient; the "
-                                       "learning rate may be too high (optim.lr) or a reward returned inf")
+                    if error:
+                        break
         finally:
             stop.restore()
-        interrupted = bool(stop.requested) and self.step < cfg.train.steps
-        if interrupted:
-            progress.close()
-            print(f"\nstopped at step {self.step} ({stop.requested}); checkpoint written; continue with --resume")
+        interrupted = error is not None or (bool(stop.requested) and self.step < cfg.train.steps)
         progress.close()
+        if error:
+            log.error("%s", error)
+        elif interrupted:
+            print(f"\nstopped at step {self.step} ({stop.requested}); checkpoint written; continue with --resume")
         self.metrics.close()
-        summary = self.write_summary(interrupted)
-        return summary
+        return self.write_summary(interrupted, error)
 
-    def write_summary(self, interrupted: bool = False) -> dict:
+    def _bad_steps_message(self) -> str:
+        cause = self.bad_cause
+        hint = ("fix or remove that reward (a reward must return finite numbers)" if cause.startswith("reward")
+                else "the learning rate may be too high (optim.lr), or the data or model produce overflow; "
+                     "try a lower optim.lr or optim.max_grad_norm")
+        return (f"stopped: {self.bad_steps} consecutive steps were skipped (train.max_bad_steps="
+                f"{self.cfg.train.max_bad_steps}); the last because {cause}. Likely cause: {hint}. The model was not "
+                f"updated by the skipped steps; the newest checkpoint is {self._newest_checkpoint()}")
+
+    def _newest_checkpoint(self) -> str:
+        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        return str(found) if found else "none (the run had not saved one yet)"
+
+    def _checkpoint(self) -> str | None:
+        """Save; on failure (disk full, ...) say what happened and, unless told to carry on,
+        return the message that stops the run. The previous checkpoint is untouched."""
+        try:
+            self.save()
+            return None
+        except OSError as e:
+            msg = (f"could not write the checkpoint of step {self.step} ({e}); the previous checkpoint is intact: "
+                   f"{self._newest_checkpoint()}")
+            if self.cfg.train.on_checkpoint_error == "continue":
+                log.warning("%s; continuing without it (train.on_checkpoint_error=continue)", msg)
+                return None
+            return (f"stopped: {msg}. Free space (or set train.on_checkpoint_error=continue) and continue with "
+                    f"--resume")
+
+    def write_summary(self, interrupted: bool = False, error: str | None = None) -> dict:
         rows = read_metrics(self.run_dir)
         evals = [r for r in rows if r.get("eval/accuracy") is not None]
         start = evals[0] if evals and evals[0]["step"] == 0 else None
@@ -360,6 +400,7 @@ class GRPOTrainer:
             "accuracy_end_step": end["step"] if end else None,
             "wall_seconds": round(self.wall_before + time.time() - self.t_start, 2),
             "interrupted": interrupted,
+            "error": error,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "final_checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints") or ""),
         }

@@ -9,7 +9,8 @@ in a worker process of its own when `isolate` is on (the default), so that a han
 at the limit; with `isolate` off it runs in a thread of the training process and a hang is
 abandoned at the limit (its thread cannot be killed).
 
-None ("not applicable") adds nothing to the total and is left out of that reward's mean.
+None ("not applicable") adds nothing to the total and is left out of that reward's mean. A
+NaN or inf value is counted in `nonfinite` (the trainer skips such a step) and kept as None.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class WeightedRewards:
         self.builtin = {name: name in REWARDS for name in weights}
         self.timeout_s, self.on_error, self.isolate = timeout_s, on_error, isolate
         self.errors = {name: 0 for name in weights}  # batches that failed, per reward
+        self.nonfinite = {name: 0 for name in weights}  # NaN/inf values in the last call, per reward
 
     def _run(self, name: str, completions: list[str], kwargs: dict) -> list[Scored]:
         if self.builtin[name]:
@@ -81,8 +83,9 @@ class WeightedRewards:
                             "row %r", name, type(e).__name__, e, len(completions), self.on_error,
                             completions[0][:200] if completions else "", rows[0] if rows else None)
                 scored = [Scored(self.on_error, f"reward failed: {type(e).__name__}: {e}")] * len(completions)
-            per[name] = [s if s.value is None or math.isfinite(float(s.value))
-                         else Scored(None, f"non-finite value {s.value}") for s in scored]
+            finite = [s.value is None or math.isfinite(float(s.value)) for s in scored]
+            self.nonfinite[name] = finite.count(False)
+            per[name] = [s if ok else Scored(None, f"non-finite value {s.value}") for s, ok in zip(scored, finite)]
         return per
 
     def __call__(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
