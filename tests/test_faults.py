@@ -224,7 +224,7 @@ def test_bad_data_from_the_command_line(tmp_path, qwen2_dir, capsys, caplog):
 
 
 def test_zero_killed_at_a_random_moment_resumes_to_the_same_summary(tmp_path):
-    args = ["--steps", "6", "--no-progress", "train.save_every=2", "eval.every=3", "data.eval_size=40"]
+    args = ["--steps", "6", "--no-progress", "train.save_every=2", "eval.every=3", "data.eval_size=24"]
     cli = [sys.executable, "-m", "thinkrl.cli", "zero"]
     whole = subprocess.run(cli + ["--out", str(tmp_path / "whole"), *args], env=ENV, capture_output=True, text=True,
                            timeout=600)
