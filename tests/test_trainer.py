@@ -152,3 +152,16 @@ def test_ctrl_c_finishes_the_step_and_writes_a_checkpoint(tmp_path, qwen2_dir):
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     assert ckpts and ckpts[-1].name == f"step_{steps[-1]:06d}"  # the stopped step is saved
     assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+
+
+def test_profile_breaks_the_update_down(tmp_path, qwen2_dir):
+    cfg = load_config(None, random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{
+        "train.steps": 2, "objective.beta": 0.04, "objective.mu": 2, "train.profile": True, "eval.every": 0}))
+    GRPOTrainer(cfg, tmp_path / "run").run()
+    row = read_metrics(tmp_path / "run")[-1]
+    parts = {k: row[f"profile/{k}"] for k in ("old_logprobs", "ref_logprobs", "forward_backward", "optimizer")}
+    assert all(v > 0 for v in parts.values()), parts
+    assert parts["old_logprobs"] + parts["ref_logprobs"] == pytest.approx(row["timing/logprobs"], rel=1e-6)
+    assert parts["forward_backward"] + parts["optimizer"] <= row["timing/update"] + 1e-9
+    assert parts["forward_backward"] + parts["optimizer"] >= 0.8 * row["timing/update"]
+    assert "parts (--profile)" in (tmp_path / "run" / "report.html").read_text()

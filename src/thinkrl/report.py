@@ -168,8 +168,8 @@ def _plots(rows) -> list[str]:
             ax.set_ylim(bottom=0)
         return kl or clip
 
-    def timing(ax):
-        keys = _keys(rows, r"timing/.+")
+    def timing(ax, pattern=r"timing/.+"):
+        keys = _keys(rows, pattern)
         steps = [r for r in rows if any(_num(r.get(k)) for k in keys)]
         if not steps:
             return False
@@ -190,6 +190,7 @@ def _plots(rows) -> list[str]:
         _figure("Reflective words (wait, verify, ...)", "share of responses",
                 _train_and_eval(rows, "reflection_rate", "eval/reflection_rate"), unit=True),
         _figure("Where a step's time goes", "seconds", timing),
+        _figure("The update's parts (--profile)", "seconds", lambda ax: timing(ax, r"profile/.+")),
     ) if p] + [_img(title, png) for title, png in analysis_plots(rows)]
 
 

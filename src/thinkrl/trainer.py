@@ -191,7 +191,7 @@ class GRPOTrainer:
 
     def train_step(self) -> dict:
         cfg, r, o = self.cfg, self.cfg.rollout, self.cfg.objective
-        G, timing = r.group_size, {}
+        G, timing, prof = r.group_size, {}, {}  # timing: every step; prof: the update's parts, with --profile
         sync = (lambda: torch.cuda.synchronize()) if cfg.train.profile and self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
 
@@ -233,12 +233,17 @@ class GRPOTrainer:
                                         self.pad_id, self.device)
             adv = advantages[keep].to(self.device)
             old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 else None  # μ = 1: π_old = π_θ
+            sync()
+            prof["old_logprobs"] = time.perf_counter() - t2
             ref_logp = self._logprobs(self.ref, batch, micro) if self.ref is not None else None
             sync()
             timing["logprobs"] = time.perf_counter() - t2
+            prof["ref_logprobs"] = timing["logprobs"] - prof["old_logprobs"]
             t3 = time.perf_counter()
+            prof["forward_backward"] = prof["optimizer"] = 0.0
             ntok = batch.completion_mask.sum().clamp_min(1).item()
             for _ in range(o.mu):
+                ti = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
                 for i in range(0, len(batch), micro):
@@ -256,6 +261,9 @@ class GRPOTrainer:
                     for k in acc:
                         acc[k] += st[k] * w
                 stats = acc
+                sync()
+                t4 = time.perf_counter()
+                prof["forward_backward"] += t4 - ti
                 max_norm = cfg.optim.max_grad_norm or float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
                 if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
@@ -267,6 +275,8 @@ class GRPOTrainer:
                     break
                 self.optimizer.step()
                 self.scheduler.step()
+                sync()
+                prof["optimizer"] += time.perf_counter() - t4
             sync()
             timing["update"] = time.perf_counter() - t3
         else:
@@ -306,6 +316,8 @@ class GRPOTrainer:
         m.update(by_level(lengths, levels, "completion_len"))
         m["step_seconds"] = time.perf_counter() - t0
         m.update({f"timing/{k}": v for k, v in timing.items()})
+        if cfg.train.profile:
+            m.update({f"profile/{k}": v for k, v in prof.items()})
         return m
 
     # ------------------------------------------------------------------ the run
