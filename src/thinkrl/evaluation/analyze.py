@@ -85,14 +85,17 @@ def plots(rows: list[dict]) -> list[tuple[str, bytes]]:
         ax.set_xticks(range(len(levels)), levels)
         return drawn
 
+    def over_steps(ax, table: str, lv: str, j: int, style: str, label: str, **kw) -> bool:
+        """One level's held-out values of `table` across the evaluations."""
+        xs = [s for s in steps if _num(by[str(s)][table][lv])]
+        if xs:
+            ax.plot(xs, [by[str(s)][table][lv] for s in xs], style, color=PALETTE[j % 10], label=label, markersize=4, **kw)
+        return bool(xs)
+
     def length_over_training(ax):
         drawn = False
         for j, lv in enumerate(levels):
-            xs = [s for s in steps if _num(by[str(s)]["length_by_level"][lv])]
-            if xs:
-                ax.plot(xs, [by[str(s)]["length_by_level"][lv] for s in xs], "o--", color=PALETTE[j % 10],
-                        label=f"level {lv} (held-out)", markersize=4, linewidth=0.8)
-                drawn = True
+            drawn = over_steps(ax, "length_by_level", lv, j, "o--", f"level {lv} (held-out)", linewidth=0.8) or drawn
             train = [(r["step"], r[f"completion_len/level_{lv}"]) for r in rows if _num(r.get(f"completion_len/level_{lv}"))]
             if train:
                 ax.plot([p[0] for p in train], [p[1] for p in train], color=PALETTE[j % 10], alpha=0.35, linewidth=0.8)
@@ -116,11 +119,7 @@ def plots(rows: list[dict]) -> list[tuple[str, bytes]]:
     def accuracy_by_level(ax):
         drawn = False
         for j, lv in enumerate(levels):
-            xs = [s for s in steps if _num(by[str(s)]["accuracy_by_level"][lv])]
-            if xs:
-                ax.plot(xs, [by[str(s)]["accuracy_by_level"][lv] for s in xs], "-o", color=PALETTE[j % 10],
-                        label=f"level {lv}", markersize=4)
-                drawn = True
+            drawn = over_steps(ax, "accuracy_by_level", lv, j, "-o", f"level {lv}") or drawn
         xs = [s for s in steps if _num(by[str(s)]["accuracy"])]
         if xs:
             ax.plot(xs, [by[str(s)]["accuracy"] for s in xs], "--", color="#222", label="all", linewidth=1.2)
