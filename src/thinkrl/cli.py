@@ -6,6 +6,9 @@
     thinkrl score --rewards A,B --data IN.jsonl --out OUT.jsonl     rewards on a file of completions
     thinkrl eval --model M --benchmark B[,B...] --samples K --out DIR   pass@1, cons@K, pass@k (R1 protocol)
     thinkrl analyze RUN_DIR                                         length, reflection, accuracy plots of a run
+
+Data-parallel training over N processes (see thinkrl.distributed): prefix `zero` or `train`
+with torchrun, e.g. `torchrun --nproc_per_node N -m thinkrl.cli train --config FILE.yaml`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,28 +55,43 @@ def _run_training(args, config_path: str | None) -> int:
         print(f"thinkrl: {e}", file=sys.stderr)
         return 2
 
+    from . import distributed
+    from .policy import resolve_device
     from .trainer import GRPOTrainer
 
-    print(f"thinkrl: {describe(cfg)}")
+    distributed.init(resolve_device(cfg.model.device))  # under torchrun: join the other processes
     try:
-        trainer = GRPOTrainer(cfg, out, resume=args.resume)
-    except (DataError, ValueError) as e:
-        print(f"thinkrl: {e}", file=sys.stderr)
-        return 2
-    n_params = sum(p.numel() for p in trainer.policy.parameters())
-    where = f"resuming from {trainer.resumed_from}" if trainer.resumed_from else "from step 0"
-    print(f"thinkrl: model {cfg.model.path} ({n_params / 1e6:.2f}M parameters) on {trainer.device}; "
-          f"{len(trainer.train_rows)} train / {len(trainer.eval_rows)} held-out questions; {where}; run dir {out}")
-    s = trainer.run()
-    if s.get("error"):
-        print(f"thinkrl: {s['error']}", file=sys.stderr)
-        return 1
-    acc = ""
-    if s.get("accuracy_start") is not None and s.get("accuracy_end") is not None:
-        acc = f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; "
-    print(f"thinkrl: {'interrupted at' if s['interrupted'] else 'done,'} step {s['steps']}; {acc}"
-          f"{s['wall_seconds']:.0f}s; report {out / 'report.html'}")
-    return 130 if s["interrupted"] else 0
+        is_main = distributed.is_main()  # only rank 0 prints; every process returns the same code
+        out = Path(distributed.from_main(str(out)))  # one run directory, rank 0's choice
+        if is_main:
+            print(f"thinkrl: {describe(cfg)}")
+        try:
+            trainer = GRPOTrainer(cfg, out, resume=args.resume)
+        except (DataError, ValueError) as e:
+            if is_main:
+                print(f"thinkrl: {e}", file=sys.stderr)
+            return 2
+        n_params = sum(p.numel() for p in trainer.policy.parameters())
+        where = f"resuming from {trainer.resumed_from}" if trainer.resumed_from else "from step 0"
+        procs = f" × {trainer.world} processes" if trainer.world > 1 else ""
+        if is_main:
+            print(f"thinkrl: model {cfg.model.path} ({n_params / 1e6:.2f}M parameters) on {trainer.device}{procs}; "
+                  f"{len(trainer.train_rows)} train / {len(trainer.eval_rows)} held-out questions; {where}; "
+                  f"run dir {out}")
+        s = trainer.run()
+        if s.get("error"):
+            if is_main:
+                print(f"thinkrl: {s['error']}", file=sys.stderr)
+            return 1
+        acc = ""
+        if s.get("accuracy_start") is not None and s.get("accuracy_end") is not None:
+            acc = f"held-out accuracy {s['accuracy_start']:.3f} -> {s['accuracy_end']:.3f}; "
+        if is_main:
+            print(f"thinkrl: {'interrupted at' if s['interrupted'] else 'done,'} step {s['steps']}; {acc}"
+                  f"{s['wall_seconds']:.0f}s; report {out / 'report.html'}")
+        return 130 if s["interrupted"] else 0
+    finally:
+        distributed.shutdown()
 
 
 def _score(args) -> int:
@@ -142,7 +161,9 @@ def _analyze(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 logs progress, the others only problems
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="thinkrl: %(message)s" if rank == 0 else f"thinkrl[rank {rank}]: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "math_verify", "latex2sympy2_extended"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(prog="thinkrl", description="Reasoning through reinforcement learning (GRPO, DeepSeek-R1).")

@@ -313,6 +313,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
 
+def validate_world(cfg: Config, world_size: int) -> None:
+    """The checks that depend on the number of processes (torchrun --nproc_per_node ...): each
+    process takes whole groups of questions, and micro-batches its own share."""
+    t, r = cfg.train, cfg.rollout
+    if world_size <= 1:
+        return
+    if t.prompts_per_step % world_size:
+        up = -(-t.prompts_per_step // world_size) * world_size
+        raise ConfigError(f"invalid configuration:\n  - train.prompts_per_step={t.prompts_per_step} does not split over "
+                          f"the {world_size} processes (each takes whole groups of questions); set "
+                          f"train.prompts_per_step={up} (a multiple of {world_size}) or launch a number of processes "
+                          f"that divides {t.prompts_per_step}")
+    n = cfg.completions_per_step // world_size
+    if not (t.micro_batch_size >= n or n % t.micro_batch_size == 0):
+        raise ConfigError(f"invalid configuration:\n  - train.micro_batch_size={t.micro_batch_size} does not divide "
+                          f"the {n} completions per process ({t.prompts_per_step} questions × group_size "
+                          f"{r.group_size} over {world_size} processes); choose a divisor of {n}")
+
+
 def describe(cfg: Config) -> str:
     """The derived numbers, printed at start."""
     r, t = cfg.rollout, cfg.train

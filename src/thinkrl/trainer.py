@@ -7,6 +7,26 @@
     update     = μ optimizer steps on the GRPO loss (objective.grpo_loss), each over all
                  samples in micro-batches with gradient accumulation
     log, evaluate every N steps, checkpoint every N steps
+
+Data parallel (see `thinkrl.distributed`): the same config runs on one process or many,
+
+    torchrun --nproc_per_node N -m thinkrl.cli train --config my.yaml
+    torchrun --nnodes M --nproc_per_node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT \\
+        -m thinkrl.cli train --config my.yaml
+
+and learns the same. Every process draws the same questions from the same seeded order and
+takes its share (questions rank, rank + W, ...), so train.prompts_per_step must be a
+multiple of W. Local to a process: sampling (its own generator, seeded seed + rank *
+1_000_003, so process 0 draws what a single process draws), rewards and group advantages
+(a group never spans processes), forward and backward passes. Global: the loss normaliser
+(completions and tokens counted over all processes), the gradient (summed over processes
+after each inner update's backward passes; each process's loss is its part of the whole
+batch's sum over the whole batch's normaliser, so the sum is the whole batch's gradient),
+gradient clipping and the optimizer step (identical on every process), every decision to
+skip (nothing to learn from, a NaN/inf reward, loss or gradient, a stop request) and the
+logged metrics (means over all completions). Rank 0 alone evaluates, writes metrics,
+checkpoints (holding every process's random streams, so --resume continues each), the
+summary and the report, and shows progress; the others wait for it.
 """
 
 from __future__ import annotations
@@ -21,7 +41,8 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config
+from . import distributed
+from .config import Config, validate_world
 from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
 from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
@@ -38,11 +59,12 @@ class _StopRequest:
     """The first Ctrl-C (or SIGTERM) lets the current step finish, then a checkpoint is written
     and the run stops; a second Ctrl-C abandons the step at once."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         import signal
         import threading
 
         self.requested: str | None = None
+        self.announce = announce
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,7 +76,8 @@ class _StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
-        print(f"\n{self.requested}: finishing this step, then writing a checkpoint (Ctrl-C again to abandon it)")
+        if self.announce:
+            print(f"\n{self.requested}: finishing this step, then writing a checkpoint (Ctrl-C again to abandon it)")
 
     def restore(self):
         import signal
@@ -80,6 +103,19 @@ def lr_lambda(cfg: Config):
     return f
 
 
+class _NoMetrics:
+    """The metrics writer of processes other than rank 0: rank 0 writes the whole batch's."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class GRPOTrainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -89,7 +125,11 @@ class GRPOTrainer:
             torch.set_num_threads(t.threads)
         random.seed(t.seed)
         torch.manual_seed(t.seed)
-        self.device = resolve_device(cfg.model.device)
+        # under torchrun: join the process group (one process: nothing changes)
+        self.device = distributed.init(resolve_device(cfg.model.device))
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        validate_world(cfg, self.world)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.policy = load_model(cfg.model.path, self.device)
         self.policy.train()
@@ -111,13 +151,16 @@ class GRPOTrainer:
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.sampler = PromptSampler(len(self.train_rows), t.seed)
-        self.generator = torch.Generator().manual_seed(t.seed)
+        self.generator = torch.Generator().manual_seed(t.seed + self.rank * 1_000_003)  # rank 0: as one process
         self.step = 0
         self.wall_before = 0.0  # seconds spent by earlier segments of a resumed run
         self.bad_steps = 0
         self.bad_cause = ""  # why the last step was skipped
-        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
+        if self.is_main:
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
+        else:
+            self.metrics = _NoMetrics()
         self.resumed_from = self._resume() if resume else None
 
     # ------------------------------------------------------------------ data
@@ -139,23 +182,41 @@ class GRPOTrainer:
         return kept, prompts
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
+    def _random_state(self) -> dict:
         return {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "python_rng": random.getstate(),
+        }
+
+    def _set_random_state(self, s: dict) -> None:
+        self.generator.set_state(s["generator"])
+        torch.set_rng_state(s["torch_rng"])
+        if s.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["cuda_rng"])
+        random.setstate(s["python_rng"])
+
+    def state_dict(self) -> dict:
+        """The trainer state a checkpoint holds. With several processes every one must call it:
+        it gathers each process's random streams under "ranks" (the top-level ones are rank 0's)."""
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            **self._random_state(),
             "ref_model": self.ref.state_dict() if self.ref is not None and self.cfg.objective.ref_reset_every else None,
             "wall_seconds": self.wall_before + (time.time() - self.t_start if hasattr(self, "t_start") else 0.0),
             "bad_steps": self.bad_steps,
         }
+        if self.world > 1:
+            state["ranks"] = distributed.gather_objects(self._random_state())
+        return state
 
     def _resume(self):
-        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        # rank 0 chooses; every process loads the weights and the trainer state from it
+        found = distributed.from_main(ckpt.latest_checkpoint(self.run_dir / "checkpoints") if self.is_main else None)
         if found is None:
             log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.run_dir / "checkpoints")
             self.metrics.truncate_after(-1)
@@ -165,11 +226,13 @@ class GRPOTrainer:
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
         self.sampler.load_state_dict(s["sampler"])
-        self.generator.set_state(s["generator"])
-        torch.set_rng_state(s["torch_rng"])
-        if s.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
-        random.setstate(s["python_rng"])
+        ranks = s.get("ranks", [s])  # each process's random streams (one process: the top-level ones)
+        if len(ranks) != self.world and self.is_main:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the sampling streams of "
+                        "processes beyond the checkpoint's start afresh, so the run will not reproduce an "
+                        "uninterrupted one", len(ranks), self.world)
+        if self.rank < len(ranks):
+            self._set_random_state(ranks[self.rank])
         if self.ref is not None and s.get("ref_model") is not None:
             self.ref.load_state_dict(s["ref_model"])
         self.step, self.wall_before, self.bad_steps = s["step"], s["wall_seconds"], s["bad_steps"]
@@ -177,10 +240,14 @@ class GRPOTrainer:
         log.info("resumed from %s (step %d)", found, self.step)
         return found
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0; with several processes every one must call it)."""
         t = self.cfg.train
+        state = self.state_dict()
+        if not self.is_main:
+            return None
         return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.policy, self.tokenizer,
-                                    self.state_dict(), keep=t.keep_checkpoints)
+                                    state, keep=t.keep_checkpoints)
 
     # ------------------------------------------------------------------ one step
     def _logprobs(self, model, batch: SequenceBatch, micro: int):
@@ -189,19 +256,23 @@ class GRPOTrainer:
             return torch.cat([completion_logprobs(model, batch.slice(slice(i, i + micro)), self.cfg.rollout.temperature)
                               for i in range(0, len(batch), micro)])
 
+    def _sync(self) -> None:
+        """With --profile on CUDA: wait for the GPU, so that phases are timed precisely."""
+        if self.cfg.train.profile and self.device.type == "cuda":
+            torch.cuda.synchronize()
+
     def train_step(self) -> dict:
-        cfg, r, o = self.cfg, self.cfg.rollout, self.cfg.objective
+        cfg, r = self.cfg, self.cfg.rollout
         G, timing, prof = r.group_size, {}, {}  # timing: every step; prof: the update's parts, with --profile
-        sync = (lambda: torch.cuda.synchronize()) if cfg.train.profile and self.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
 
-        # 1. a group of G samples per question from π_old
-        idx = self.sampler.next(cfg.train.prompts_per_step)
+        # 1. a group of G samples per question from π_old (this process's share of the questions)
+        idx = distributed.shard(self.sampler.next(cfg.train.prompts_per_step))
         rows = [self.train_rows[i] for i in idx]
         params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop))
         rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
-        sync()
+        self._sync()
         timing["generate"] = time.perf_counter() - t0
 
         # 2. rule rewards, 3. group-relative advantages
@@ -212,121 +283,171 @@ class GRPOTrainer:
         rewards = torch.tensor(total, dtype=torch.float32)
         advantages, zero_std = group_advantages(rewards, G, cfg.scale_std)
         timing["reward"] = time.perf_counter() - t1
-        bad = {n: c for n, c in self.rewards.nonfinite.items() if c}
+        names = list(self.rewards.nonfinite)  # NaN/inf counts of the whole batch
+        bad = {n: c for n, c in zip(names, distributed.sum_values([self.rewards.nonfinite[n] for n in names],
+                                                                   dtype=torch.int64)) if c}
         skip_cause = ", ".join(f"reward {n!r} returned NaN/inf for {c} samples" for n, c in bad.items())
 
-        # 4. the update. Samples with zero advantage add nothing to the clipped term, so
-        # without a KL term they are left out of the forward/backward; the batch-wide
-        # normaliser still counts them, so the gradient is unchanged.
-        t2 = time.perf_counter()
-        lengths = [len(c) for c in rollouts.completion_ids]
-        norm = Normaliser(len(lengths), max(sum(lengths), 1), r.max_new_tokens)
-        keep = torch.arange(len(lengths)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
-        micro = cfg.train.micro_batch_size
-        stats = {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
-        loss_sum, grad_norm = 0.0, 0.0
+        # 4. the update
         if skip_cause:  # never learn from a broken reward signal
-            log.warning("step %d skipped: %s", self.step + 1, skip_cause)
+            if self.is_main:
+                log.warning("step %d skipped: %s", self.step + 1, skip_cause)
             timing["logprobs"] = timing["update"] = 0.0
-        elif len(keep):
-            batch = SequenceBatch.build([rollouts.prompt_ids[i] for i in keep], [rollouts.completion_ids[i] for i in keep],
-                                        self.pad_id, self.device)
-            adv = advantages[keep].to(self.device)
-            old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 else None  # μ = 1: π_old = π_θ
-            sync()
-            prof["old_logprobs"] = time.perf_counter() - t2
-            ref_logp = self._logprobs(self.ref, batch, micro) if self.ref is not None else None
-            sync()
-            timing["logprobs"] = time.perf_counter() - t2
-            prof["ref_logprobs"] = timing["logprobs"] - prof["old_logprobs"]
-            t3 = time.perf_counter()
-            prof["forward_backward"] = prof["optimizer"] = 0.0
-            ntok = batch.completion_mask.sum().clamp_min(1).item()
-            for _ in range(o.mu):
-                ti = time.perf_counter()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
-                for i in range(0, len(batch), micro):
-                    s = slice(i, i + micro)
-                    mb = batch.slice(s)
-                    with autocast(self.device, cfg.model.dtype):
-                        logp = completion_logprobs(self.policy, mb, r.temperature)
-                    loss, st = grpo_loss(logp, None if old_logp is None else old_logp[s], adv[s], mb.completion_mask,
-                                         ref_logp=None if ref_logp is None else ref_logp[s], beta=o.beta,
-                                         eps_low=o.eps_low, eps_high=o.eps_high, aggregation=o.loss_agg,
-                                         norm=norm, sequence_ratio=o.sequence_ratio)
-                    loss.backward()
-                    loss_sum += loss.item()
-                    w = mb.completion_mask.sum().item() / ntok
-                    for k in acc:
-                        acc[k] += st[k] * w
-                stats = acc
-                sync()
-                t4 = time.perf_counter()
-                prof["forward_backward"] += t4 - ti
-                max_norm = cfg.optim.max_grad_norm or float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-                if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                    # never apply a NaN/inf update
-                    what, value = ("loss", loss_sum) if not math.isfinite(loss_sum) else ("gradient norm", grad_norm)
-                    skip_cause = f"the {what} is {value}"
-                    log.warning("step %d skipped: %s", self.step + 1, skip_cause)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    break
-                self.optimizer.step()
-                self.scheduler.step()
-                sync()
-                prof["optimizer"] += time.perf_counter() - t4
-            sync()
-            timing["update"] = time.perf_counter() - t3
+            stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         else:
-            for _ in range(o.mu):  # the learning-rate schedule still advances
-                self.scheduler.step()
-            timing["logprobs"] = timing["update"] = 0.0
+            stats = self.update(rollouts.prompt_ids, rollouts.completion_ids, advantages, timing, prof)
+            skip_cause = stats["skip_cause"]
         self.step += 1
         self.bad_steps = self.bad_steps + 1 if skip_cause else 0
         self.bad_cause = skip_cause or self.bad_cause
 
-        if o.ref_reset_every and self.ref is not None and self.step % o.ref_reset_every == 0:
+        if cfg.objective.ref_reset_every and self.ref is not None and self.step % cfg.objective.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())  # R1: π_ref ← π_θ every 400 steps
 
-        levels = [row.get("level") for row in group_rows] if "level" in rows[0] else None
+        # 5. log: the whole batch's numbers (every process's completions, in rank order)
+        lengths = [len(c) for c in rollouts.completion_ids]
+        levels = [row.get("level") for row in group_rows] if "level" in rows[0] else [None] * len(group_rows)
+        batch = self._whole_batch(total=total, lengths=lengths, levels=levels, zero_std=zero_std.tolist(),
+                                  truncated=[float(f == "length") for f in rollouts.finish_reasons],
+                                  reflection=[float(has_reflection(t)) for t in rollouts.texts],
+                                  **{f"rewards/{name}": values for name, values in per_reward.items()})
+        total, lengths = batch["total"], batch["lengths"]
+        errors = dict(zip(per_reward, distributed.sum_values([self.rewards.errors[n] for n in per_reward],
+                                                             dtype=torch.int64)))
         m = {
             "step": self.step,
             "reward": mean(total),
-            "reward_std": float(rewards.std()) if len(total) > 1 else 0.0,
+            "reward_std": float(torch.tensor(total, dtype=torch.float32).std()) if len(total) > 1 else 0.0,
             "completion_len": mean(lengths),
-            "truncated_frac": mean([float(f == "length") for f in rollouts.finish_reasons]),
-            "reflection_rate": mean([float(has_reflection(t)) for t in rollouts.texts]),
-            "zero_std_frac": float(zero_std.float().mean()),
-            "loss": loss_sum,
-            "grad_norm": grad_norm,
+            "truncated_frac": mean(batch["truncated"]),
+            "reflection_rate": mean(batch["reflection"]),
+            "zero_std_frac": float(torch.tensor(batch["zero_std"]).float().mean()),
+            "loss": stats["loss"],
+            "grad_norm": stats["grad_norm"],
             "kl": stats["kl"],
             "clip_frac": stats["clip_frac"],
             "lr": self.scheduler.get_last_lr()[0],
             "skipped": int(bool(skip_cause)),
         }
-        for name, values in per_reward.items():
-            vals = [v for v in values if v is not None]
+        for name in per_reward:
+            vals = [v for v in batch[f"rewards/{name}"] if v is not None]
             m[f"rewards/{name}"] = mean(vals)
             m[f"rewards/{name}_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
-            m[f"rewards/{name}_errors"] = self.rewards.errors[name]  # failed batches so far
+            m[f"rewards/{name}_errors"] = errors[name]  # failed batches so far
         if "format" in per_reward:
             m["format_rate"] = m["rewards/format"]
-        m.update(by_level(lengths, levels, "completion_len"))
+        m.update(by_level(lengths, batch["levels"], "completion_len"))
         m["step_seconds"] = time.perf_counter() - t0
-        m.update({f"timing/{k}": v for k, v in timing.items()})
+        m.update({f"timing/{k}": v for k, v in timing.items()})  # rank 0's
         if cfg.train.profile:
             m.update({f"profile/{k}": v for k, v in prof.items()})
         return m
 
+    def _whole_batch(self, **lists) -> dict:
+        """Per-completion lists of every process, concatenated in rank order (one process: its own)."""
+        parts = distributed.gather_objects(lists)
+        return {k: [x for part in parts for x in part[k]] for k in lists}
+
+    def update(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], advantages: torch.Tensor,
+               timing: dict | None = None, prof: dict | None = None) -> dict:
+        """μ optimizer steps on the GRPO loss over this process's samples of the step (all of
+        them on one process), each over all samples in micro-batches with gradient accumulation.
+
+        The normaliser counts the completions and tokens of the whole batch (all processes),
+        so each micro-batch's loss is its part of the whole batch's loss, and the gradients,
+        accumulated and then summed over processes, are the whole batch's gradient however the
+        batch is split. Samples with zero advantage add nothing to the clipped term, so without
+        a KL term they are left out of the forward/backward (the normaliser still counts them);
+        a process left with none still joins the gradient sum, with zeros.
+
+        Returns the whole batch's loss, grad_norm, and token means of kl, clip_frac and ratio
+        over the samples used, and skip_cause: "" or why the update was not applied.
+        """
+        cfg, r, o = self.cfg, self.cfg.rollout, self.cfg.objective
+        timing = {} if timing is None else timing
+        prof = {} if prof is None else prof
+        t2 = time.perf_counter()
+        lengths = [len(c) for c in completion_ids]
+        keep = torch.arange(len(lengths)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
+        n_seq, n_tok, n_keep, keep_tok = distributed.sum_values(
+            [len(lengths), sum(lengths), len(keep), sum(lengths[i] for i in keep.tolist())], dtype=torch.int64)
+        norm = Normaliser(n_seq, max(n_tok, 1), r.max_new_tokens)
+        out = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0, "skip_cause": ""}
+        if n_keep == 0:  # nothing to learn from anywhere; the learning-rate schedule still advances
+            for _ in range(o.mu):
+                self.scheduler.step()
+            timing["logprobs"] = timing["update"] = 0.0
+            return out
+
+        micro = cfg.train.micro_batch_size
+        batch = None
+        if len(keep):
+            batch = SequenceBatch.build([prompt_ids[i] for i in keep], [completion_ids[i] for i in keep],
+                                        self.pad_id, self.device)
+        adv = advantages[keep].to(self.device)
+        old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 and batch else None  # μ = 1: π_old = π_θ
+        self._sync()
+        prof["old_logprobs"] = time.perf_counter() - t2
+        ref_logp = self._logprobs(self.ref, batch, micro) if self.ref is not None and batch else None
+        self._sync()
+        timing["logprobs"] = time.perf_counter() - t2
+        prof["ref_logprobs"] = timing["logprobs"] - prof["old_logprobs"]
+        t3 = time.perf_counter()
+        prof["forward_backward"] = prof["optimizer"] = 0.0
+        ntok = max(keep_tok, 1)  # tokens used by the whole batch: the statistics' weights
+        for _ in range(o.mu):
+            ti = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
+            for i in range(0, len(batch) if batch else 0, micro):
+                s = slice(i, i + micro)
+                mb = batch.slice(s)
+                with autocast(self.device, cfg.model.dtype):
+                    logp = completion_logprobs(self.policy, mb, r.temperature)
+                loss, st = grpo_loss(logp, None if old_logp is None else old_logp[s], adv[s], mb.completion_mask,
+                                     ref_logp=None if ref_logp is None else ref_logp[s], beta=o.beta,
+                                     eps_low=o.eps_low, eps_high=o.eps_high, aggregation=o.loss_agg,
+                                     norm=norm, sequence_ratio=o.sequence_ratio)
+                loss.backward()
+                loss_sum += loss.item()
+                w = mb.completion_mask.sum().item() / ntok
+                for k in acc:
+                    acc[k] += st[k] * w
+            distributed.sum_gradients(self.policy)  # the whole batch's gradient, on every process
+            loss_sum, *summed = distributed.sum_values([loss_sum, *acc.values()])
+            acc = dict(zip(acc, summed))
+            out.update(acc, loss=loss_sum)
+            self._sync()
+            t4 = time.perf_counter()
+            prof["forward_backward"] += t4 - ti
+            max_norm = cfg.optim.max_grad_norm or float("inf")
+            out["grad_norm"] = grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+                # never apply a NaN/inf update (the loss and the gradient are the same on every process)
+                what, value = ("loss", loss_sum) if not math.isfinite(loss_sum) else ("gradient norm", grad_norm)
+                out["skip_cause"] = f"the {what} is {value}"
+                if self.is_main:
+                    log.warning("step %d skipped: %s", self.step + 1, out["skip_cause"])
+                self.optimizer.zero_grad(set_to_none=True)
+                break
+            self.optimizer.step()
+            self.scheduler.step()
+            self._sync()
+            prof["optimizer"] += time.perf_counter() - t4
+        self._sync()
+        timing["update"] = time.perf_counter() - t3
+        return out
+
     # ------------------------------------------------------------------ the run
     def evaluate(self) -> dict:
-        if not self.eval_rows:
+        """Held-out metrics, measured by rank 0 while the other processes wait ({} on them)."""
+        if not self.eval_rows or not self.is_main:
+            distributed.barrier()
             return {}
         t = time.perf_counter()
         out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.train.seed + 1)
         out["timing/eval"] = time.perf_counter() - t
+        distributed.barrier()
         return out
 
     def run(self) -> dict:
@@ -337,11 +458,11 @@ class GRPOTrainer:
         if self.step == 0:
             row = {"step": 0, **self.evaluate()}
             self.metrics.write(row)
-        progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress)
-        stop = _StopRequest()
-        ckpt_seconds, error = None, None
+        progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress and self.is_main)
+        stop = _StopRequest(announce=self.is_main)
+        ckpt_seconds, error, stopping = None, None, False
         try:
-            while self.step < cfg.train.steps and not stop.requested:
+            while self.step < cfg.train.steps and not stopping:
                 m = self.train_step()
                 last = self.step == cfg.train.steps
                 if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
@@ -352,10 +473,11 @@ class GRPOTrainer:
                 # the metrics line goes first: a checkpoint never exists without its step's line
                 self.metrics.write(m)
                 progress.update(m)
+                stopping = distributed.any_true(stop.requested is not None)  # every process stops at the same step
                 if self.bad_steps >= cfg.train.max_bad_steps:
                     error = self._bad_steps_message()
                     break
-                if last or stop.requested or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
+                if last or stopping or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
                     t = time.perf_counter()
                     error = self._checkpoint()
                     ckpt_seconds = time.perf_counter() - t
@@ -363,12 +485,13 @@ class GRPOTrainer:
                         break
         finally:
             stop.restore()
-        interrupted = error is not None or (bool(stop.requested) and self.step < cfg.train.steps)
+        interrupted = error is not None or (stopping and self.step < cfg.train.steps)
         progress.close()
-        if error:
+        if error and self.is_main:
             log.error("%s", error)
-        elif interrupted:
-            print(f"\nstopped at step {self.step} ({stop.requested}); checkpoint written; continue with --resume")
+        elif interrupted and self.is_main:
+            print(f"\nstopped at step {self.step} ({stop.requested or 'stop requested'}); checkpoint written; "
+                  f"continue with --resume")
         self.metrics.close()
         return self.write_summary(interrupted, error)
 
@@ -387,7 +510,11 @@ class GRPOTrainer:
 
     def _checkpoint(self) -> str | None:
         """Save; on failure (disk full, ...) say what happened and, unless told to carry on,
-        return the message that stops the run. The previous checkpoint is untouched."""
+        return the message that stops the run (on every process). The previous checkpoint is
+        untouched."""
+        return distributed.from_main(self._save_or_explain())
+
+    def _save_or_explain(self) -> str | None:
         try:
             self.save()
             return None
@@ -401,6 +528,11 @@ class GRPOTrainer:
                     f"--resume")
 
     def write_summary(self, interrupted: bool = False, error: str | None = None) -> dict:
+        """summary.json and report.html, by rank 0; every process returns the summary. With
+        several processes it records each one's final weights checksum (they must agree)."""
+        checksums = distributed.gather_objects(distributed.weights_checksum(self.policy)) if self.world > 1 else None
+        if not self.is_main:
+            return distributed.from_main(None)
         rows = read_metrics(self.run_dir)
         evals = [r for r in rows if r.get("eval/accuracy") is not None]
         start = evals[0] if evals and evals[0]["step"] == 0 else None
@@ -423,6 +555,10 @@ class GRPOTrainer:
         if start and end:
             summary["accuracy_by_level"] = {
                 k.split("/")[-1]: [start.get(k), end.get(k)] for k in end if k.startswith("eval/accuracy/level_")}
+        if checksums:
+            summary.update(world_size=self.world, weights_sha256_by_rank=checksums)
+            if len(set(checksums)) > 1:
+                log.error("the processes hold different weights at the end (sha256 by rank: %s): a bug", checksums)
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         try:
             from .report import write_report
@@ -430,4 +566,4 @@ class GRPOTrainer:
             write_report(self.run_dir)
         except Exception as e:  # the run's results are already on disk; a plot must not lose them
             log.warning("could not write report.html: %s", e)
-        return summary
+        return distributed.from_main(summary)
