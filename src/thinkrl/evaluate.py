@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import REFLECTION_WORDS, by_level, has_reflection, mean, reflection_counts
+from .metrics import REFLECTION_WORDS, by_level, mean, reflection_counts
 from .rollout import SamplingParams
 
 
@@ -31,8 +31,9 @@ def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: i
         correct += accuracy(out.texts, answer=answers)
         fmt_ok += fmt(out.texts)
         lengths += [len(c) for c in out.completion_ids]
-        reflect += [float(has_reflection(t)) for t in out.texts]
-        words += [reflection_counts(t) for t in out.texts]
+        counts = [reflection_counts(t) for t in out.texts]
+        words += counts
+        reflect += [float(any(c.values())) for c in counts]  # one regex pass gives both
         levels += [r.get("level") for r in expanded]
     result = {
         f"{prefix}/accuracy": mean(correct),
