@@ -160,6 +160,18 @@ def _analyze(args) -> int:
     return 0
 
 
+STAGE_COMMANDS = {
+    "sft": "supervised fine-tuning (response tokens only, packing, chat templates)",
+    "coldstart": "stage 1: a cold-start set of readable long chains of thought",
+    "reject": "stage 3: rejection sampling (rules or a generative judge), filters, dedup, mix",
+    "rm": "train a Bradley-Terry reward model on preference pairs",
+    "distill": "distil a teacher into a student by SFT (or on-policy, reverse KL)",
+    "pipeline": "the four-stage R1 pipeline and distillation, as a cached, resumable graph",
+}
+STAGE_MODULES = {"sft": ".sft", "coldstart": ".pipeline.coldstart", "reject": ".pipeline.reject",
+                 "rm": ".reward_model", "distill": ".distill", "pipeline": ".pipeline.run"}
+
+
 def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 logs progress, the others only problems
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -212,7 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     p_analyze = sub.add_parser("analyze", help="the paper's analyses of a run: length, reflective words, accuracy")
     p_analyze.add_argument("run_dir")
 
+    # the R1 pipeline's commands: each module parses its own arguments (`thinkrl sft --help`)
+    for name, helptext in STAGE_COMMANDS.items():
+        sub.add_parser(name, help=helptext, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
+    if args.command in STAGE_COMMANDS:
+        import importlib
+
+        module = importlib.import_module(STAGE_MODULES[args.command], __package__)
+        return module.main(args.rest) or 0
     if args.command == "zero":
         return _run_training(args, None)
     if args.command == "train":

@@ -226,17 +226,35 @@ def parse_overrides(overrides: list[str]) -> dict:
     return out
 
 
+def load_into(obj, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Fill any config dataclass (`Config`, `SFTConfig`, ...) from a YAML file, then from
+    `section.key=value` overrides; unknown keys and wrong types raise ConfigError. No
+    validation: the caller validates what it loaded."""
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+        _apply(obj, data)
+    if overrides:
+        _apply(obj, parse_overrides(overrides))
+    return obj
+
+
+def to_yaml(obj) -> str:
+    """Any config dataclass as YAML (tuples as lists), loadable again by `load_into`."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return yaml.safe_dump(plain(dataclasses.asdict(obj)), sort_keys=False)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file, then command-line overrides; then validation."""
-    cfg = Config()
-    if path is not None:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, rollout:, ...)")
-        _apply(cfg, data)
-    if overrides:
-        _apply(cfg, parse_overrides(overrides))
+    cfg = load_into(Config(), path, overrides)
     validate(cfg)
     return cfg
 

@@ -59,16 +59,19 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def build_model(tokenizer, seed: int, hidden: int = 128, layers: int = 4, heads: int = 4, intermediate: int = 512):
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+def build_model(tokenizer, seed: int, hidden: int = 128, layers: int = 4, heads: int = 4, intermediate: int = 512,
+                arch: str = "qwen2"):
+    """A Qwen2 (the embedded model) or Llama (the embedded student) causal LM."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                      max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(cfg)
+    config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[arch]
+    cfg = config_cls(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                     num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                     max_position_embeddings=512, tie_word_embeddings=True, rope_theta=10000.0,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     bos_token_id=tokenizer.eos_token_id)
+    model = model_cls(cfg)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                                bos_token_id=tokenizer.eos_token_id)
     return model
@@ -193,6 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--intermediate", type=int, default=512)
+    ap.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2",
+                    help="qwen2: the embedded model; llama: the embedded student (assets/student)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--no-measure", action="store_true")
     args = ap.parse_args(argv)
@@ -207,7 +212,8 @@ def main(argv=None) -> int:
     tok_texts = [render("")] + [p["question"] + ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng)
                                 for p in corpus[:5000]]
     tokenizer = build_tokenizer(tok_texts, args.vocab_size)
-    model = build_model(tokenizer, args.seed, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate)
+    model = build_model(tokenizer, args.seed, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate,
+                        arch=args.arch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     prefix, by_level = encode_corpus(tokenizer, corpus, args.seed)
@@ -220,7 +226,7 @@ def main(argv=None) -> int:
     ar.write_jsonl(train, out / "train.jsonl")
     ar.write_jsonl(test, out / "test.jsonl")
     info = {
-        "seed": args.seed, "trace_mix": ar.TRACE_MIX, "levels": list(ar.LEVELS), "parameters": n_params,
+        "seed": args.seed, "arch": args.arch, "hidden": args.hidden, "layers": args.layers, "trace_mix": ar.TRACE_MIX, "levels": list(ar.LEVELS), "parameters": n_params,
         "vocab_size": len(tokenizer), "corpus_problems": len(corpus), "train_problems": len(train),
         "test_problems": len(test), "pretrain_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "final_loss": round(loss, 4), "pretrain_seconds": round(t_pre, 1),
