@@ -37,6 +37,7 @@ class DataConfig:
     question_field: str = "question"
     answer_field: str = "answer"
     level_field: str = "level"  # optional difficulty column, used to break metrics down
+    type_field: str = "type"  # optional row type column; with rewards.by_type it picks each row's rewards
     eval_size: int = 300  # at most this many held-out questions (0 = all)
     max_prompt_tokens: int = 256  # longer questions are skipped (and counted)
     on_bad_row: str = "error"  # a malformed line or a row missing a field: error (file:line) | skip (counted)
@@ -79,6 +80,9 @@ class OptimConfig:
 class RewardsConfig:
     # name (see thinkrl.rewards.REWARDS) or import path package.module:function -> weight
     weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
+    # R1 stage 4: rewards per row type (data.type_field), e.g. {reasoning: {accuracy: 1, format: 1},
+    # general: {helpfulness: 1, harmlessness: 1}}; rows of other types take `weights`
+    by_type: dict[str, dict[str, float]] = field(default_factory=dict)
     # each reward's own keyword settings, e.g. {accuracy: {source: boxed}, language: {lang: zh}}
     params: dict[str, dict] = field(default_factory=dict)
     timeout_s: float = 60.0  # a reward's call on one step's batch; past it the batch scores on_error
@@ -309,13 +313,17 @@ def validate(cfg: Config) -> None:
     need(bool(cfg.rewards.weights), "rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
     from .rewards import REWARDS
 
-    for name in cfg.rewards.weights:
+    named = {name: "rewards.weights" for name in cfg.rewards.weights}
+    for kind, weights in cfg.rewards.by_type.items():
+        need(bool(weights), f"rewards.by_type.{kind} is empty; name its rewards, e.g. {{accuracy: 1.0}}")
+        named.update({name: f"rewards.by_type.{kind}" for name in weights if name not in named})
+    for name, where in named.items():
         need(name in REWARDS or ":" in name,
-             f"rewards.weights names unknown reward {name!r}" + _suggest(name, sorted(REWARDS))
+             f"{where} names unknown reward {name!r}" + _suggest(name, sorted(REWARDS))
              + " (or give an import path package.module:function)")
     for name, params in cfg.rewards.params.items():
-        need(name in cfg.rewards.weights, f"rewards.params.{name} sets a reward that is not in rewards.weights"
-             + _suggest(name, sorted(cfg.rewards.weights)))
+        need(name in named, f"rewards.params.{name} sets a reward that is not in rewards.weights or rewards.by_type"
+             + _suggest(name, sorted(named)))
         need(isinstance(params, dict), f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
     need(cfg.rewards.timeout_s > 0, "rewards.timeout_s must be > 0 seconds")
     for name in ("overlong", "cosine_length"):  # length shaping must be able to reach the budget

@@ -132,7 +132,7 @@ def _train_and_eval(rows, train_key, eval_key):
 def _plots(rows) -> list[str]:
     def reward(ax):
         drawn = [_draw(ax, rows, "reward", "total", OVERALL)]
-        comps = [k for k in _keys(rows, r"rewards/[^/]+") if not k.endswith("_std")]
+        comps = [k for k in _keys(rows, r"rewards/[^/]+(/[^/]+)?") if not k.endswith(("_std", "_errors"))]
         drawn += [_draw(ax, rows, k, k.split("/", 1)[1], PALETTE[i % 9]) for i, k in enumerate(comps)]
         return any(drawn)
 

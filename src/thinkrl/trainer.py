@@ -48,7 +48,7 @@ from .evaluate import evaluate
 from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
 from .objective import Normaliser, group_advantages, grpo_loss
 from .policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
-from .rewards.combine import WeightedRewards
+from .rewards.combine import TypedRewards, WeightedRewards
 from .rollout import SamplingParams, make_engine
 from .template import render
 
@@ -137,7 +137,11 @@ class GRPOTrainer:
         self.ref = load_model(cfg.model.path, self.device, requires_grad=False) if cfg.objective.beta > 0 else None
         self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
         rw = cfg.rewards
-        self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate)
+        if rw.by_type:  # R1 stage 4: each row's type picks its rewards
+            self.rewards = TypedRewards(rw.weights, rw.by_type, cfg.data.type_field, rw.params, rw.timeout_s,
+                                        rw.on_error, rw.isolate)
+        else:
+            self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate)
         self.pad_id = self.engine.pad_id
 
         d = cfg.data

@@ -95,3 +95,57 @@ class WeightedRewards:
                for name, scored in self.scores(completions, rows, prompts, completion_lengths).items()}
         total = [sum(self.weights[n] * (per[n][i] or 0.0) for n in per) for i in range(len(completions))]
         return total, per
+
+
+class TypedRewards:
+    """R1 stage 4, RL for all scenarios: each row's type (a dataset column, `data.type_field`)
+    picks its rewards, e.g. rule rewards for `reasoning` rows and reward models for `general`
+    rows. Rows of a type not in `by_type` (or without the column) take `default`.
+
+    Behaves like `WeightedRewards`: (total, {key: values}) with the default rewards under their
+    own names and each type's under `type/name`, None for the rows of other types, so every
+    reward is logged per type."""
+
+    def __init__(self, default: dict[str, float], by_type: dict[str, dict[str, float]], type_field: str = "type",
+                 params: dict[str, dict] | None = None, timeout_s: float = 60.0, on_error: float | None = 0.0,
+                 isolate: bool = True):
+        def make(weights):
+            used = {n: p for n, p in (params or {}).items() if n in weights}
+            return WeightedRewards(weights, used, timeout_s, on_error, isolate)
+
+        self.type_field = type_field
+        self.sets = {None: make(default), **{t: make(w) for t, w in by_type.items()}}
+        self.errors = {self._key(t, n): 0 for t, s in self.sets.items() for n in s.weights}
+        self.nonfinite = dict.fromkeys(self.errors, 0)
+
+    @staticmethod
+    def _key(kind, name: str) -> str:
+        return name if kind is None else f"{kind}/{name}"
+
+    def kind_of(self, row: dict):
+        kind = row.get(self.type_field)
+        return kind if kind in self.sets else None
+
+    def __call__(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
+                 completion_lengths: list[int] | None = None):
+        n = len(completions)
+        total = [0.0] * n
+        per = {k: [None] * n for k in self.errors}
+        kinds = [self.kind_of(r) for r in rows]
+        self.nonfinite = dict.fromkeys(self.errors, 0)
+        for kind, rewards in self.sets.items():
+            idx = [i for i in range(n) if kinds[i] == kind]
+            if not idx:
+                continue
+            pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+            sub_total, sub = rewards([completions[i] for i in idx], [rows[i] for i in idx], pick(prompts),
+                                     pick(completion_lengths))
+            for j, i in enumerate(idx):
+                total[i] = sub_total[j]
+            for name, values in sub.items():
+                key = self._key(kind, name)
+                for j, i in enumerate(idx):
+                    per[key][i] = values[j]
+                self.errors[key] = rewards.errors[name]
+                self.nonfinite[key] = rewards.nonfinite[name]
+        return total, per
