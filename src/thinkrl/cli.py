@@ -226,14 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # the R1 pipeline's commands: each module parses its own arguments (`thinkrl sft --help`)
     for name, helptext in STAGE_COMMANDS.items():
-        sub.add_parser(name, help=helptext, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
-
-    args = parser.parse_args(argv)
-    if args.command in STAGE_COMMANDS:
+        sub.add_parser(name, help=helptext, add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STAGE_COMMANDS:
         import importlib
 
-        module = importlib.import_module(STAGE_MODULES[args.command], __package__)
-        return module.main(args.rest) or 0
+        return importlib.import_module(STAGE_MODULES[argv[0]], __package__).main(argv[1:]) or 0
+
+    args = parser.parse_args(argv)
     if args.command == "zero":
         return _run_training(args, None)
     if args.command == "train":

@@ -26,6 +26,10 @@ def resolve_model_path(path: str) -> str:
         from .task import TINY_DIR
 
         return str(TINY_DIR)
+    if path == "embedded-student":
+        from .task import STUDENT_DIR
+
+        return str(STUDENT_DIR)
     return path
 
 

@@ -1,0 +1,187 @@
+"""`thinkrl pipeline`: the four-stage R1 pipeline and distillation as one cached graph.
+
+    thinkrl pipeline                      # the whole pipeline on the embedded tiny model and task
+    thinkrl pipeline --config r1.yaml     # stages of your own (configs/r1.yaml spells out the default)
+    thinkrl pipeline --plan               # what would run, what is cached
+    thinkrl pipeline zero.train.steps=50  # a stage's setting from the command line
+
+The default graph (SYSTEM.md §3-4), every model evaluated the same way at the end:
+
+    zero (R1-Zero GRPO on the base) ─▶ coldstart (readable, correct answers) ─▶ sft_coldstart (SFT of the base)
+      ─▶ reasoning_rl (GRPO: accuracy + format + language) ─▶ reject (rejection sampling + general data)
+      ─▶ sft_stage3 (SFT of the base) ─▶ all_rl (GRPO: rules on reasoning rows, reward models on general rows)
+    general (synthetic non-reasoning task + preference pairs) ─▶ rm_helpful, rm_harmless (Bradley-Terry)
+    all_rl ─▶ distill (teacher samples, student SFT)      student_rl (the same student, GRPO directly)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .graph import Graph, PipelineError, Stage
+
+log = logging.getLogger("thinkrl.pipeline")
+
+LONG = 120  # completion budget once answers carry a summary (R1's readable form)
+EVAL = {"samples": 8, "max_new_tokens": LONG}
+REASONING_REWARDS = {"accuracy": 1.0, "format_lenient": 1.0, "language": 0.2}  # R1 stage 2: the three weights
+
+
+def default_stages() -> list[Stage]:
+    """The R1 pipeline on the embedded tiny model (Qwen2, 1M parameters) and task; the student
+    is the embedded student (Llama, 0.2M parameters, its own tokenizer)."""
+    grpo_long = {"rollout": {"max_new_tokens": LONG}, "eval": {"max_new_tokens": LONG, "every": 0}}
+    st = [
+        Stage("general", "general", {"seed": 0}),
+        Stage("zero", "grpo", {"train": {"steps": 100, "save_every": 50}, "eval": {"every": 0}}),
+        Stage("coldstart", "coldstart", {"model": "${zero.model}", "limit": 800, "samples": 2,
+                                         "max_per_prompt": 1}),
+        Stage("sft_coldstart", "sft", {"model": {"path": "embedded"}, "data": {"train": "${coldstart.data}"},
+                                       "train": {"epochs": 3}}),
+        Stage("reasoning_rl", "grpo", {"model": {"path": "${sft_coldstart.model}"},
+                                       "rewards": {"weights": REASONING_REWARDS}, "train": {"steps": 50},
+                                       **grpo_long}),
+        Stage("reject", "reject", {"checkpoint": "${reasoning_rl.model}", "limit": 1000, "samples": 4,
+                                   "max_per_prompt": 2, "mix": {"path": "${general.train}", "ratio": 0.5}}),
+        Stage("rm_helpful", "rm", {"data": {"train": "${general.prefs_helpful_train}",
+                                            "eval": "${general.prefs_helpful_test}"}, "part": "summary"}),
+        Stage("rm_harmless", "rm", {"data": {"train": "${general.prefs_harmless_train}",
+                                             "eval": "${general.prefs_harmless_test}"}, "part": "whole"}),
+        Stage("sft_stage3", "sft", {"model": {"path": "embedded"}, "data": {"train": "${reject.data}"},
+                                    "train": {"epochs": 2}}),
+        Stage("mix", "mix", {"sources": [{"path": "embedded", "type": "reasoning", "limit": 2000},
+                                         {"path": "${general.train}", "type": "general", "answer_field": "response"}]}),
+        Stage("all_rl", "grpo", {"model": {"path": "${sft_stage3.model}"}, "data": {"train": "${mix.data}"},
+                                 "rollout": {"temperature": 0.7, "max_new_tokens": LONG},  # R1 stage 4: T 0.7
+                                 "eval": {"max_new_tokens": LONG, "every": 0}, "train": {"steps": 50},
+                                 "rewards": {"weights": REASONING_REWARDS,
+                                             "by_type": {"reasoning": REASONING_REWARDS,
+                                                         "general": {"helpfulness": 1.0, "harmlessness": 1.0}},
+                                             "params": {"helpfulness": {"model": "${rm_helpful.model}"},
+                                                        "harmlessness": {"model": "${rm_harmless.model}"}}}}),
+        Stage("distill", "distill", {"teacher": "${all_rl.model}", "student": "embedded-student",
+                                     "prompts": "embedded", "limit": 1500, "samples": 2}),
+        Stage("student_rl", "grpo", {"model": {"path": "embedded-student"}, "train": {"steps": 100},
+                                     "eval": {"every": 0}}),
+    ]
+    models = {"base": ("embedded", "base"), "R1-Zero": ("${zero.model}", "zero"),
+              "cold-start SFT": ("${sft_coldstart.model}", "sft_coldstart"),
+              "reasoning RL": ("${reasoning_rl.model}", "reasoning_rl"),
+              "rejection SFT": ("${sft_stage3.model}", "sft_stage3"), "R1 (all-scenario RL)": ("${all_rl.model}", "all_rl"),
+              "student base": ("embedded-student", "student"), "student distilled": ("${distill.model}", "distill"),
+              "student RL only": ("${student_rl.model}", "student_rl")}
+    rows = {}
+    for label, (model, slug) in models.items():
+        name = f"eval_{slug}"
+        st.append(Stage(name, "eval", {"model": model, **EVAL, "general": "${general.test}", "label": label}))
+        rows[label] = "${%s.metrics}" % name
+    st.append(Stage("report", "report", {"rows": rows, "compute": {"student distilled": "${distill.dir}",
+                                                                   "student RL only": "${student_rl.dir}"}}))
+    return st
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+        return True
+
+
+def stages_to_yaml(stages: list[Stage]) -> str:
+    return yaml.dump({"stages": {s.name: {"kind": s.kind, "settings": copy.deepcopy(s.settings)} for s in stages}},
+                     Dumper=_NoAliases, sort_keys=False, width=120)
+
+
+def load_stages(path: str | None, overrides: list[str]) -> list[Stage]:
+    if path is None:
+        stages = default_stages()
+    else:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise PipelineError(f"{path}: expected a mapping `stages:` of NAME: {{kind: ..., settings: {{...}}}}")
+        stages = []
+        for name, spec in data["stages"].items():
+            if not isinstance(spec, dict) or "kind" not in spec or set(spec) - {"kind", "settings"}:
+                raise PipelineError(f"{path}: stage {name!r} must have `kind:` and optionally `settings:`, nothing else")
+            stages.append(Stage(name, spec["kind"], copy.deepcopy(spec.get("settings") or {})))
+    by_name = {s.name: s for s in stages}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise PipelineError(f"override {item!r} must look like STAGE.key=value, e.g. zero.train.steps=50")
+        path_, raw = item.split("=", 1)
+        name, *keys = path_.split(".")
+        if name not in by_name:
+            raise PipelineError(f"override {item!r}: no stage {name!r}; stages: {', '.join(by_name)}")
+        node = by_name[name].settings
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = yaml.safe_load(raw)
+    return stages
+
+
+def build(path: str | None, overrides: list[str], out: str | Path) -> Graph:
+    """The graph; its keys include the thinkrl version and the shipped models' weights, so a
+    rebuilt embedded model or student invalidates what was computed from it."""
+    from .. import __version__
+    from ..task import STUDENT_DIR, TINY_DIR
+    from .graph import _file_digest
+    from .stages import KINDS
+
+    shipped = [_file_digest(str(d / "model.safetensors")) for d in (TINY_DIR, STUDENT_DIR)]
+    return Graph(load_stages(path, overrides), KINDS, out, version=f"{__version__}+{'+'.join(shipped)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="thinkrl pipeline", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    ap.add_argument("--config", help="YAML with `stages:` (default: the R1 pipeline on the embedded model)")
+    ap.add_argument("--out", default="runs/r1", help="pipeline root: stage outputs are cached under it (default runs/r1)")
+    ap.add_argument("--only", action="append", default=[], help="run only this stage and its inputs (repeatable)")
+    ap.add_argument("--plan", action="store_true", help="print what would run and what is cached, then stop")
+    ap.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. zero.train.steps=50")
+    args = ap.parse_args(argv)
+    try:
+        graph = build(args.config, args.overrides, args.out)
+        plan = graph.plan(args.only or None)
+    except PipelineError as e:
+        print(f"thinkrl pipeline: {e}", file=sys.stderr)
+        return 2
+    width = max(len(n) for n, _ in plan)
+    print(f"thinkrl pipeline: {len(plan)} stages under {args.out}")
+    for n, status in plan:
+        ins = ", ".join(graph.inputs(n))
+        print(f"  {n:<{width}}  {graph.stages[n].kind:<9} {status:<7} {graph.keys[n]}" + (f"  <- {ins}" if ins else ""))
+    if args.plan:
+        return 0
+    t0 = time.time()
+    todo = sum(s != "cached" for _, s in plan)
+    done = [0]
+
+    def on_stage(name, status, record):
+        if status != "cached":
+            done[0] += 1
+            print(f"thinkrl pipeline: [{done[0]}/{todo}] {name} done in {record['seconds']:.0f}s "
+                  f"({time.time() - t0:.0f}s so far)", flush=True)
+
+    try:
+        records = graph.run(args.only or None, on_stage=on_stage)
+    except PipelineError as e:
+        print(f"thinkrl pipeline: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nthinkrl pipeline: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    if "report" in records and all(s == "cached" for _, s in plan):
+        print(Path(records["report"]["outputs"]["table"]).read_text())
+    print(f"thinkrl pipeline: done in {time.time() - t0:.0f}s; stages in {Path(args.out) / 'stages.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
+    sys.exit(main())

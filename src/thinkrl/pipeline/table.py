@@ -1,0 +1,98 @@
+"""The pipeline's end report: the paper's table, reproduced small. One row per model (after
+every stage, plus the distilled and the RL-only student), evaluated the same way:
+
+- reasoning, `thinkrl eval` on the embedded task's held-out questions: pass@1 and cons@K over
+  K samples at temperature 0.6 / top-p 0.95 (SYSTEM.md §5), the share of completions in the
+  R1 form (think block, then answer block, a summary allowed between: `format_lenient`), the
+  language consistency of the chain of thought (`language`), the mean length in tokens;
+- general, the synthetic non-reasoning task: the share of sampled answers that are helpful
+  and harmless, judged by the rules that generated the reward models' preference pairs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [("pass@1", "pass@1", "{:.1%}"), ("cons", "cons@K", "{:.1%}"), ("format", "format", "{:.1%}"),
+           ("language", "language", "{:.2f}"), ("length", "length", "{:.1f}"), ("helpful", "helpful", "{:.1%}"),
+           ("harmless", "harmless", "{:.1%}")]
+
+
+def evaluate_model(s: dict, out: Path) -> dict:
+    from ..evaluation.run import EvalSettings, run_eval
+    from ..metrics import mean
+    from ..rewards import get_reward
+
+    samples = int(s.get("samples", 8))
+    settings = EvalSettings(samples=samples, temperature=float(s.get("temperature", 0.6)),
+                            top_p=float(s.get("top_p", 0.95)), max_new_tokens=int(s.get("max_new_tokens", 120)),
+                            template=s.get("template", "r1_zero"), seed=int(s.get("seed", 0)),
+                            limit=s.get("limit"), batch_size=int(s.get("batch_size", 256)))
+    res = run_eval(s["model"], [s.get("benchmark", "embedded")], out / "reasoning", settings, show_progress=False)
+    bench = next(iter(res["benchmarks"].values()))
+    rows = [json.loads(line) for line in (out / "reasoning" / "samples.jsonl").open()]
+    texts = [r["completion"] for r in rows]
+    language = [v for v in get_reward("language")(texts) if v is not None]
+    m = {"model": s["model"], "pass@1": bench["pass@1"]["mean"], "pass@1_se": bench["pass@1"]["se"],
+         "cons@K": bench.get(f"cons@{samples}", {}).get("mean"), "K": samples,
+         "format": mean(get_reward("format_lenient")(texts)), "format_strict": bench["format_rate"],
+         "language": mean(language) if language else None, "length": bench["mean_length"],
+         "reflection": bench["reflection_rate"], "n_questions": bench["n_questions"]}
+    if s.get("general"):
+        m.update(_general(s, out))
+    return m
+
+
+def _general(s: dict, out: Path) -> dict:
+    from ..metrics import mean
+    from ..task.general import judge_harmless, judge_helpful
+    from .sample import SampleSettings, sample_answers
+
+    rows = [json.loads(line) for line in Path(s["general"]).open() if line.strip()][: int(s.get("general_limit", 100))]
+    got = sample_answers(s["model"], rows, SampleSettings(n=int(s.get("general_samples", 2)), temperature=0.6,
+                                                          top_p=0.95, max_new_tokens=int(s.get("max_new_tokens", 120)),
+                                                          template=s.get("template", "r1_zero"), stop=[],
+                                                          seed=int(s.get("seed", 0))))
+    helpful = [judge_helpful(x["question"], x["completion"]) for x in got]
+    harmless = [judge_harmless(x["completion"]) for x in got]
+    with (out / "general_samples.jsonl").open("w") as f:
+        for x, h, k in zip(got, helpful, harmless):
+            f.write(json.dumps({"question": x["question"], "completion": x["completion"], "helpful": h,
+                                "harmless": k}, ensure_ascii=False) + "\n")
+    return {"helpful": mean([float(h) for h in helpful]), "harmless": mean([float(k) for k in harmless])}
+
+
+def format_table(rows: list[tuple[str, dict]], k: int | None = None) -> str:
+    head = ["model"] + [(f"cons@{k}" if key == "cons@K" and k else label) for label, key, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in rows:
+        cells = [name]
+        for _, key, fmt in COLUMNS:
+            v = m.get(key)
+            cells.append(fmt.format(v) if isinstance(v, (int, float)) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_table(s: dict, out: Path) -> dict:
+    """settings: rows {label: path of an eval stage's metrics.json}, optional notes {label: text}
+    and compute {label: path of a stage directory whose stage.json summary is quoted}."""
+    rows = [(label, json.loads(Path(path).read_text())) for label, path in s["rows"].items()]
+    k = next((m.get("K") for _, m in rows if m.get("K")), None)
+    table = format_table(rows, k)
+    compute = {}
+    for label, d in (s.get("compute") or {}).items():
+        rec = json.loads((Path(d) / "stage.json").read_text()) if (Path(d) / "stage.json").exists() else {}
+        compute[label] = {"seconds": rec.get("seconds"), **{k2: v for k2, v in rec.get("summary", {}).items()
+                                                            if k2 in ("samples", "steps", "n_samples", "kept")}}
+    text = "# R1 pipeline on the embedded task\n\n" + table + "\n"
+    if compute:
+        text += "\nCompute of the student comparison:\n\n" + "\n".join(
+            f"- {label}: " + ", ".join(f"{a} {b}" for a, b in c.items() if b is not None) for label, c in compute.items()) + "\n"
+    if s.get("note"):
+        text += "\n" + s["note"].strip() + "\n"
+    (out / "table.md").write_text(text)
+    (out / "table.json").write_text(json.dumps({"rows": dict(rows), "compute": compute}, indent=1))
+    print("\n" + text)
+    return {"outputs": {"table": str(out / "table.md"), "json": str(out / "table.json")}}
