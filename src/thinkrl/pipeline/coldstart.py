@@ -1,0 +1,466 @@
+"""Stage 1 of DeepSeek-R1 (SYSTEM.md §3): the cold-start set, long chains of thought in a
+readable form, for the SFT that precedes reasoning RL.
+
+The paper made it "using few-shot prompting with a long CoT as an example, directly
+prompting models to generate detailed answers with reflection and verification, gathering
+DeepSeek-R1-Zero outputs in a readable format, and refining the results through
+post-processing by human annotators", and defined the readable format as
+`|special_token|<reasoning_process>|special_token|<summary>` (DeepSeek-R1 §2.3.1). Two modes:
+
+- `refine`: sample from an R1-Zero checkpoint (or any model) with the R1-Zero template,
+  keep completions that are well formed (the strict `format` reward) and correct (the
+  `accuracy` reward), and rewrite each into the readable form (`readable`).
+- `few_shot`: the prompt holds `shots` worked examples in the readable form, each a long
+  chain of thought with a verification step then a summary, then the question; completions
+  that are correct and well formed (`format_lenient`: a summary may sit between the
+  blocks) are kept, rewritten into the same readable form.
+
+What "readable" means here, concretely (`readable`): the reasoning inside the one
+<think>…</think> block is kept, with whitespace normalised; everything outside the tags is
+dropped; the result is rebuilt as `ReadableConfig.template`, by default
+
+    ` <think>{reasoning}</think> So the answer is {answer}. <answer>{answer}</answer>`
+
+which ends with the answer block, so the accuracy reward still reads it. It is short on
+purpose: the tiny tokenizer spends about one token per letter.
+
+Human review is the one part not automated; `coldstart.jsonl` is what a reviewer would read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ConfigError, load_into, to_yaml
+
+log = logging.getLogger("thinkrl.pipeline")
+
+MODES = ("refine", "few_shot")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+@dataclass
+class PromptsConfig:
+    data: str = "embedded"  # "embedded" (the embedded task's train split) or a JSONL of question/answer rows
+    question_field: str = "question"
+    answer_field: str = "answer"
+    limit: int = 64  # the first N rows (0 = all)
+    on_bad_row: str = "error"  # error | skip
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 4  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 120
+    batch_size: int = 256  # completions per generate call
+    seed: int = 0
+
+
+@dataclass
+class FewShotConfig:
+    shots: int = 3  # worked examples per prompt (3 fit the tiny model's 512 tokens with 120 new ones)
+    # "embedded": built from the embedded task's train rows (column working, a check, a summary);
+    # or a JSONL of worked examples with question, reasoning, answer
+    examples: str = "embedded"
+
+
+@dataclass
+class ReadableConfig:
+    reasoning_open: str = "<think>"
+    reasoning_close: str = "</think>"
+    summary: str = "So the answer is {answer}."
+    # must end with the answer block, which the accuracy reward reads
+    template: str = " {open}{reasoning}{close} {summary} <answer>{answer}</answer>"
+
+
+@dataclass
+class KeepConfig:
+    max_per_prompt: int = 2  # 0 = no cap
+    dedup: bool = True  # one copy of each (prompt, normalised response)
+    max_tokens: int = 0  # prompt (rendered with `template`) + response must fit; 0 = the model's context
+    template: str = "r1_zero"  # how the SFT stage renders the prompt
+
+
+@dataclass
+class ColdStartConfig:
+    model: str = "embedded"  # an R1-Zero run or checkpoint directory, any model directory, or "embedded"
+    mode: str = "refine"  # refine | few_shot
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 = leave the default
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    few_shot: FewShotConfig = field(default_factory=FewShotConfig)
+    readable: ReadableConfig = field(default_factory=ReadableConfig)
+    keep: KeepConfig = field(default_factory=KeepConfig)
+
+
+def validate_prompts_sampling(p: PromptsConfig, s: SamplingConfig) -> list[str]:
+    errors = []
+    if p.limit < 0:
+        errors.append(f"prompts.limit must be >= 0 (0 = all), got {p.limit}")
+    if p.on_bad_row not in ("error", "skip"):
+        errors.append(f"prompts.on_bad_row {p.on_bad_row!r}: use error or skip")
+    if s.n < 1:
+        errors.append(f"sampling.n must be >= 1, got {s.n}")
+    if s.temperature <= 0:
+        errors.append("sampling.temperature must be > 0 (samples are drawn, never greedy)")
+    if not 0 < s.top_p <= 1:
+        errors.append(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+    if s.max_new_tokens < 1:
+        errors.append(f"sampling.max_new_tokens must be >= 1, got {s.max_new_tokens}")
+    if s.batch_size < 1:
+        errors.append(f"sampling.batch_size must be >= 1, got {s.batch_size}")
+    return errors
+
+
+def validate_readable(r: ReadableConfig) -> list[str]:
+    errors = []
+    if not r.reasoning_open.strip() or not r.reasoning_close.strip():
+        errors.append("readable.reasoning_open and readable.reasoning_close must be non-blank markers")
+    if not r.template.rstrip().endswith("<answer>{answer}</answer>"):
+        errors.append(f"readable.template {r.template!r} must end with <answer>{{answer}}</answer> "
+                      "so the accuracy reward reads the answer")
+    if "{reasoning}" not in r.template:
+        errors.append("readable.template must contain {reasoning}")
+    try:
+        r.template.format(open="", reasoning="", close="", summary="", answer="")
+        r.summary.format(answer="")
+    except (KeyError, IndexError, ValueError) as e:
+        errors.append(f"readable.template / readable.summary: bad placeholder {e}; "
+                      "use only {open} {reasoning} {close} {summary} {answer} (and {answer} in the summary)")
+    if "<answer>" in r.summary or "</answer>" in r.summary or "<think>" in r.summary:
+        errors.append("readable.summary must not contain <answer> or <think> tags (the template adds the answer block)")
+    return errors
+
+
+def validate(cfg: ColdStartConfig) -> None:
+    errors = validate_prompts_sampling(cfg.prompts, cfg.sampling) + validate_readable(cfg.readable)
+    if cfg.mode not in MODES:
+        errors.append(f"mode {cfg.mode!r}: use refine or few_shot")
+    if cfg.mode == "few_shot" and cfg.few_shot.shots < 1:
+        errors.append(f"few_shot.shots must be >= 1, got {cfg.few_shot.shots}")
+    if cfg.keep.max_per_prompt < 0 or cfg.keep.max_tokens < 0:
+        errors.append("keep.max_per_prompt and keep.max_tokens must be >= 0 (0 = no cap / the model's context)")
+    if cfg.threads < 0:
+        errors.append("threads must be >= 0")
+    t = cfg.keep.template
+    if t not in ("r1_zero", "chat", "none") and "{prompt}" not in t:
+        errors.append(f"keep.template {t!r}: use r1_zero, chat, none or a string with {{prompt}}")
+    if errors:
+        raise ConfigError("invalid cold-start configuration:\n  - " + "\n  - ".join(errors))
+
+
+# ---------------------------------------------------------------------------- the readable form
+
+
+def normalise_whitespace(text: str) -> str:
+    """Runs of spaces and tabs become one space, lines are stripped, several blank lines
+    become one, and the ends are stripped."""
+    lines = [" ".join(ln.split()) for ln in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def write_readable(reasoning: str, answer: str, cfg: ReadableConfig) -> str:
+    """The readable form of a reasoning and its final answer."""
+    answer = " ".join(str(answer).split())
+    return cfg.template.format(open=cfg.reasoning_open, reasoning=reasoning, close=cfg.reasoning_close,
+                               summary=cfg.summary.format(answer=answer), answer=answer)
+
+
+def readable(completion: str, answer: str, cfg: ReadableConfig | None = None) -> str | None:
+    """A completion rewritten into the readable form (module docstring), or None when it has
+    no usable reasoning: not exactly one <think>…</think> block in that order, blank
+    reasoning, or reasoning that holds an answer tag or the output markers. Pure: the caller
+    decides correctness and passes the `answer` to write (the completion's own answer, checked
+    against the reference)."""
+    cfg = cfg or ReadableConfig()
+    if completion.count("<think>") != 1 or completion.count("</think>") != 1:
+        return None
+    start, end = completion.index("<think>") + len("<think>"), completion.index("</think>")
+    if end < start:
+        return None
+    reasoning = normalise_whitespace(completion[start:end])
+    if not reasoning or not str(answer).strip():
+        return None
+    if any(t in reasoning for t in ("<answer>", "</answer>", cfg.reasoning_open, cfg.reasoning_close)):
+        return None
+    return write_readable(reasoning, answer, cfg)
+
+
+# ---------------------------------------------------------------------------- few-shot prompts
+
+_EMBEDDED_Q = re.compile(r"What is (\d+)\+(\d+)\?")
+
+
+def embedded_worked_example(question: str, answer: str) -> str | None:
+    """The reasoning of a worked example for an embedded-task row: the column working (every
+    carry written), then a verification step that subtracts back. None for other rows."""
+    from ..task.arithmetic import working
+
+    m = _EMBEDDED_Q.fullmatch(question.strip())
+    if not m:
+        return None
+    a, b = int(m.group(1)), int(m.group(2))
+    steps, total = working(a, b, "correct")
+    if total != str(answer).strip():
+        return None
+    return f"{steps} check {total}-{b}={a}"
+
+
+def load_worked_examples(spec: str) -> list[dict]:
+    """Rows {question, reasoning, answer}: from the embedded train split, or a JSONL file
+    with those three fields."""
+    from ..data import DataError, load_dataset, load_jsonl
+
+    if spec == "embedded":
+        out = []
+        for r in load_dataset("embedded", "train"):
+            reasoning = embedded_worked_example(r["question"], r["answer"])
+            if reasoning is not None:
+                out.append({"question": r["question"], "reasoning": reasoning, "answer": r["answer"]})
+        return out
+    rows = load_jsonl(spec)
+    for i, r in enumerate(rows):
+        if not str(r.get("reasoning", "")).strip():
+            raise DataError(f"{spec}: worked example {i + 1} has no 'reasoning' field (want question, reasoning, answer)")
+    return rows
+
+
+def few_shot_prompt(question: str, examples: list[dict], cfg: ReadableConfig) -> str:
+    """The R1-Zero instruction, then each worked example as `User: q. Assistant: <readable>`,
+    then the question, ending in "Assistant:" as the R1-Zero template does."""
+    from ..template import R1_ZERO
+
+    head = R1_ZERO.split("User: {prompt}")[0]
+    shots = "".join(f"User: {e['question']}. Assistant:{write_readable(e['reasoning'], e['answer'], cfg)} "
+                    for e in examples)
+    return f"{head}{shots}User: {question}. Assistant:"
+
+
+def build_few_shot_rows(rows: list[dict], pool: list[dict], shots: int, cfg: ReadableConfig, seed: int) -> list[dict]:
+    """Each row's question replaced by its few-shot prompt (the question kept in
+    `cold_question`); the examples, other questions than the row's own, drawn with the seed."""
+    if len(pool) <= shots:
+        raise ConfigError(f"few_shot.shots={shots} but only {len(pool)} worked examples are available; "
+                          "lower few_shot.shots or give more examples")
+    out = []
+    for i, r in enumerate(rows):
+        rng = random.Random(seed * 1_000_003 + i)
+        picked = [e for e in rng.sample(pool, shots + 1) if e["question"] != r["question"]][:shots]
+        out.append(dict(r, cold_question=r["question"], question=few_shot_prompt(r["question"], picked, cfg)))
+    return out
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def resolve_model(path: str) -> str:
+    """A run directory (RUN/checkpoints/step_N) or a checkpoint root gives its newest verified
+    checkpoint; anything else is returned as it is ("embedded", a model dir, a hub id)."""
+    from ..checkpoint import latest_checkpoint
+
+    p = Path(path)
+    for root in (p / "checkpoints", p):
+        if root.is_dir() and any(root.glob("step_*")):
+            ckpt = latest_checkpoint(root)
+            if ckpt is None:
+                raise ConfigError(f"{root}: no complete checkpoint to sample from")
+            return str(ckpt)
+    return path
+
+
+def load_prompts(p: PromptsConfig) -> list[dict]:
+    """The prompt rows (question, answer, other columns), the first `limit`, each with an id."""
+    from ..data import DataError, load_dataset
+
+    rows = load_dataset(p.data, "train", p.question_field, p.answer_field, p.on_bad_row)
+    if p.limit:
+        rows = rows[: p.limit]
+    rows = [dict(r, id=r.get("id", i)) for i, r in enumerate(rows)]
+    repeated = [k for k, n in Counter(r["id"] for r in rows).items() if n > 1]
+    if repeated:
+        raise DataError(f"{p.data}: the id {repeated[0]!r} is used by {len([r for r in rows if r['id'] == repeated[0]])} "
+                        "rows; ids name a prompt in the provenance of every sample, so they must be unique")
+    return rows
+
+
+def per_prompt_histogram(kept: list[dict], prompt_ids: list) -> dict[str, int]:
+    """{k: number of prompts with k kept samples}, prompts with none included."""
+    n = Counter(r["source"]["prompt_id"] for r in kept)
+    hist = Counter(n.get(pid, 0) for pid in prompt_ids)
+    return {str(k): hist[k] for k in sorted(hist)}
+
+
+def select(samples: list[dict], rows: dict, cfg: ColdStartConfig, tokenizer=None, context: int | None = None):
+    """The cold-start rows kept from `samples` (dicts with prompt_id, sample_index,
+    completion, finish_reason) of the prompts `rows` ({prompt_id: row}), and a Counter of
+    drop reasons. A sample meets the first that applies: truncated, bad_format, no_reference,
+    wrong_answer, no_reasoning, too_long (needs `tokenizer` and the limit: keep.max_tokens or
+    `context`), duplicate, over_cap."""
+    from ..rewards import get_reward
+    from ..rewards.math import extract_answer
+    from ..template import render
+    from .filters import cap_per_prompt, dedup_key
+
+    fmt = get_reward("format" if cfg.mode == "refine" else "format_lenient")
+    completions = [s["completion"] for s in samples]
+    refs = [rows[s["prompt_id"]]["answer"] for s in samples]
+    formats = fmt(completions)
+    accuracy = get_reward("accuracy")(completions, answer=refs)
+    limit = cfg.keep.max_tokens or context
+    dropped: Counter = Counter()
+    candidates = []
+    for s, f, acc in zip(samples, formats, accuracy):
+        row = rows[s["prompt_id"]]
+        reason = None
+        if s.get("finish_reason") == "length":
+            reason = "truncated"
+        elif f != 1.0:
+            reason = "bad_format"
+        elif acc is None:
+            reason = "no_reference"
+        elif acc != 1.0:
+            reason = "wrong_answer"
+        text = None if reason else readable(s["completion"], extract_answer(s["completion"]), cfg.readable)
+        if reason is None and text is None:
+            reason = "no_reasoning"
+        question = row.get("cold_question", row["question"])
+        if reason is None and tokenizer is not None and limit:
+            n = len(tokenizer(render(question, cfg.keep.template, tokenizer) + text, add_special_tokens=False)["input_ids"])
+            if n > limit:
+                reason = "too_long"
+        if reason:
+            dropped[reason] += 1
+            continue
+        candidates.append({"prompt": question, "response": text, "answer": row["answer"], "level": row.get("level"),
+                           "type": "reasoning",
+                           "source": {"model": s.get("model", cfg.model), "prompt_id": s["prompt_id"],
+                                      "sample_index": s["sample_index"], "mode": cfg.mode}})
+    if cfg.keep.dedup:
+        seen, unique = set(), []
+        for c in candidates:
+            key = (c["source"]["prompt_id"], dedup_key(c["response"]))
+            if key in seen:
+                dropped["duplicate"] += 1
+            else:
+                seen.add(key)
+                unique.append(c)
+        candidates = unique
+    kept, over = cap_per_prompt(candidates, lambda c: c["source"]["prompt_id"], cfg.keep.max_per_prompt)
+    if over:
+        dropped["over_cap"] += len(over)
+    return kept, dropped
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def run_coldstart(cfg: ColdStartConfig, out_dir: str | Path) -> dict:
+    """Sample, select and write out_dir/coldstart.jsonl and out_dir/report.json; the report."""
+    import torch
+
+    from ..policy import load_model, load_tokenizer, resolve_device
+    from ..template import render
+    from .sample import SampleSettings, sample_answers
+
+    validate(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model(cfg.model)
+    prompts = load_prompts(cfg.prompts)
+    tok = load_tokenizer(model_path)
+    lm = load_model(model_path, resolve_device(cfg.device), requires_grad=False)
+    context = getattr(lm.config, "max_position_embeddings", None)
+    s = cfg.sampling
+    if cfg.mode == "few_shot":
+        asked = {r["question"] for r in prompts}
+        pool = [e for e in load_worked_examples(cfg.few_shot.examples) if e["question"] not in asked]
+        sample_rows = build_few_shot_rows(prompts, pool, cfg.few_shot.shots, cfg.readable, s.seed)
+        template = "none"
+    else:
+        sample_rows, template = prompts, "r1_zero"
+    lengths = [len(tok(render(r["question"], template, tok), add_special_tokens=False)["input_ids"]) for r in sample_rows]
+    fits = [context is None or n + s.max_new_tokens <= context for n in lengths]
+    if not any(fits):
+        hint = (f"lower few_shot.shots (now {cfg.few_shot.shots}) or " if cfg.mode == "few_shot" else "")
+        raise ConfigError(f"no prompt fits the model's context of {context} tokens with sampling.max_new_tokens="
+                          f"{s.max_new_tokens} (shortest prompt {min(lengths)} tokens); {hint}lower sampling.max_new_tokens")
+    settings = SampleSettings(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                              template=template, batch_size=s.batch_size, seed=s.seed, device=cfg.device)
+    samples = sample_answers(model_path, [r for r, ok in zip(sample_rows, fits) if ok], settings,
+                             model_obj=lm, tokenizer=tok)
+    t_sample = time.time() - t0
+    kept, dropped = select(samples, {r["id"]: r for r in sample_rows}, cfg, tok, context)
+    n_skipped = sum(not ok for ok in fits)
+    if n_skipped:
+        dropped["prompt_too_long"] += n_skipped * s.n
+    write_jsonl(kept, out_dir / "coldstart.jsonl")
+    sampled = len(samples) + n_skipped * s.n
+    report = {
+        "stage": "coldstart", "mode": cfg.mode, "model": str(model_path), "prompts": len(prompts),
+        "samples_per_prompt": s.n, "sampled": sampled, "kept": len(kept),
+        "kept_rate": round(len(kept) / sampled, 4) if sampled else 0.0,
+        "dropped": dict(sorted(dropped.items())),
+        "prompts_with_kept": len({r["source"]["prompt_id"] for r in kept}),
+        "per_prompt_kept": per_prompt_histogram(kept, [r["id"] for r in prompts]),
+        "prompt_tokens": {"min": min(lengths), "max": max(lengths)},
+        "sampling_seconds": round(t_sample, 2), "seconds": round(time.time() - t0, 2),
+        "output": str(out_dir / "coldstart.jsonl"),
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "config.yaml").write_text(to_yaml(cfg))
+    return report
+
+
+def format_report(report: dict) -> str:
+    drops = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
+    return (f"{report['stage']}: kept {report['kept']} of {report['sampled']} samples ({report['kept_rate']:.1%}) "
+            f"from {report['prompts']} prompts ({report['prompts_with_kept']} with at least one); dropped: {drops}; "
+            f"{report['seconds']:.1f}s -> {report['output']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..data import DataError
+
+    p = argparse.ArgumentParser(prog="thinkrl coldstart", description="Stage 1 of R1: a cold-start set of readable "
+                                "long chains of thought (refined R1-Zero outputs or few-shot prompting).")
+    p.add_argument("--config", help="YAML config (defaults: the embedded model and task)")
+    p.add_argument("--out", required=True, help="directory for coldstart.jsonl and report.json")
+    p.add_argument("--model", help="shortcut for model=... (a run or checkpoint directory, a model, 'embedded')")
+    p.add_argument("--prompts", help="shortcut for prompts.data=... ('embedded' or a JSONL path)")
+    p.add_argument("--mode", choices=MODES, help="shortcut for mode=...")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. sampling.n=8 few_shot.shots=2")
+    args = p.parse_args(argv)
+    overrides = list(args.overrides)
+    for key, value in (("model", args.model), ("prompts.data", args.prompts), ("mode", args.mode)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        cfg = load_into(ColdStartConfig(), args.config, overrides)
+        report = run_coldstart(cfg, args.out)
+    except (ConfigError, DataError, OSError) as e:
+        print(f"thinkrl coldstart: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
