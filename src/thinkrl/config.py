@@ -209,7 +209,8 @@ def _apply(obj, values: dict, prefix: str = "") -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"'{where}' is a section; give it keys such as {where}.{names[0]}")
+                first = dataclasses.fields(current)[0].name
+                raise ConfigError(f"'{where}' is a section; give it keys such as {where}.{first}")
             _apply(current, value, where + ".")
         else:
             setattr(obj, key, _coerce(value, hints[key], where))

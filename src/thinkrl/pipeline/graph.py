@@ -41,6 +41,11 @@ class PipelineError(ValueError):
     """A pipeline that cannot run as written; the message says what to change."""
 
 
+class StageStopped(RuntimeError):
+    """A stage stopped before finishing (Ctrl-C, SIGTERM, or its own error); its partial
+    directory is kept, and the next run resumes it."""
+
+
 @dataclass
 class Stage:
     name: str

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from .graph import Graph, PipelineError, Stage
+from .graph import Graph, PipelineError, Stage, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")
 
@@ -67,8 +67,8 @@ def default_stages() -> list[Stage]:
                                                          "general": {"helpfulness": 1.0, "harmlessness": 1.0}},
                                              "params": {"helpfulness": {"model": "${rm_helpful.model}"},
                                                         "harmlessness": {"model": "${rm_harmless.model}"}}}}),
-        Stage("distill", "distill", {"teacher": "${all_rl.model}", "student": "embedded-student",
-                                     "prompts": "embedded", "limit": 1500, "samples": 2}),
+        Stage("distill", "distill", {"teacher": {"path": "${all_rl.model}"}, "student": {"path": "embedded-student"},
+                                     "data": {"prompts": "embedded", "max_prompts": 1500}, "sample": {"n": 2}}),
         Stage("student_rl", "grpo", {"model": {"path": "embedded-student"}, "train": {"steps": 100},
                                      "eval": {"every": 0}}),
     ]
@@ -174,9 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"thinkrl pipeline: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nthinkrl pipeline: interrupted; run the same command again to resume", file=sys.stderr)
+    except (KeyboardInterrupt, StageStopped) as e:
+        print(f"\nthinkrl pipeline: {e or 'interrupted'}; finished stages are kept: run the same command again to "
+              "resume", file=sys.stderr)
         return 130
+    except Exception as e:  # a stage failed: say which, keep what is finished
+        log.exception("a stage failed")
+        print(f"thinkrl pipeline: a stage failed ({type(e).__name__}: {e}); finished stages are kept, and the "
+              "next run starts from the failed one", file=sys.stderr)
+        return 1
     if "report" in records and all(s == "cached" for _, s in plan):
         print(Path(records["report"]["outputs"]["table"]).read_text())
     print(f"thinkrl pipeline: done in {time.time() - t0:.0f}s; stages in {Path(args.out) / 'stages.json'}")

@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from .graph import StageContext
+from .graph import StageContext, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")
 
@@ -32,7 +32,8 @@ def grpo(ctx: StageContext) -> dict:
     validate(cfg)
     summary = GRPOTrainer(cfg, ctx.out, resume=ctx.resume).run()
     if summary.get("error") or summary.get("interrupted"):
-        raise RuntimeError(f"stage {ctx.name}: training stopped: {summary.get('error') or 'interrupted'}")
+        raise StageStopped(f"stage {ctx.name}: training stopped at step {summary.get('steps')}: "
+                           f"{summary.get('error') or 'interrupted'}")
     final = ckpt.latest_checkpoint(ctx.out / "checkpoints")
     keep = {k: summary.get(k) for k in ("accuracy_start", "accuracy_end", "wall_seconds", "steps")}
     keep["samples"] = cfg.train.steps * cfg.completions_per_step

@@ -1,0 +1,279 @@
+"""On-policy distillation by reverse KL (`thinkrl distill --on-policy`; beyond the R1 paper,
+which distilled by SFT only). The student learns from its own samples, so it is corrected
+where it actually goes (Agarwal et al. 2024, "On-Policy Distillation of Language Models:
+Learning from Self-Generated Mistakes"; Gu et al. 2024, MiniLLM, for the reverse KL).
+
+One step:
+
+    questions   = the next prompts_per_step questions (seeded order)
+    o_1..o_k    ~ π_s(· | q)                     k samples per question from the student
+    loss        = 1/|T| Σ_{(i,t) ∈ T} KL_it       T: every completion token of the batch
+    KL_it       = Σ_v π_s(v | q, o_i<t) (log π_s(v | q, o_i<t) − log π_t(v | q, o_i<t))
+
+the exact reverse KL KL(π_s || π_t) over the whole vocabulary at every position of the
+student's own sample, differentiable in the student, the teacher π_t without gradient. The
+sampled prefixes are data (no gradient through the sampling). Both distributions are at
+temperature 1; `on_policy.temperature` only changes how the student explores. Comparing
+distributions token by token needs one vocabulary: a student with another tokenizer must be
+distilled by SFT on text (`thinkrl.distill`, mode sft).
+
+Writes OUT/metrics.jsonl (reverse_kl per token of each step's batch; eval/reverse_kl,
+eval/accuracy and eval/format_rate on held-out prompts every eval.every steps),
+OUT/checkpoints/ (thinkrl.checkpoint; --resume continues from the newest), OUT/student/ and
+OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .data import PromptSampler
+from .distill import DistillConfig, DistillError, evaluate_model
+from .distill_data import load_prompts
+from .metrics import MetricsWriter, mean, read_metrics
+from .policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained
+from .progress import live_line
+from .rewards import get_reward
+from .rollout import HFEngine, SamplingParams
+from .template import render
+from .trainer import _StopRequest
+
+log = logging.getLogger("thinkrl.distill")
+
+
+def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+    """KL(π_s || π_t) = Σ_v π_s(v) (log π_s(v) − log π_t(v)) at every position, [N, C] from
+    logits [N, C, V] and a mask [N, C] (masked positions are 0). Exact over the vocabulary,
+    differentiable in the student; the teacher's logits are detached. Terms with π_s(v) = 0
+    count 0 (the limit of p log p), even where π_t(v) = 0 too."""
+    logp_s = torch.log_softmax(student_logits.float(), dim=-1)
+    logp_t = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+    p_s = logp_s.exp()
+    terms = torch.where(p_s > 0, p_s * (logp_s - logp_t), torch.zeros_like(p_s))
+    return torch.where(mask.bool(), terms.sum(-1), torch.zeros((), device=terms.device))
+
+
+def completion_logits(model, batch: SequenceBatch) -> torch.Tensor:
+    """Logits predicting each completion token, [N, C, V] (the rollout layout of `policy`)."""
+    C = batch.completion_ids.shape[1]
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                use_cache=False, logits_to_keep=C + 1)
+    return out.logits[:, :-1]
+
+
+def check_same_vocabulary(student_tok, teacher_tok, student: str, teacher: str) -> None:
+    """Fail at start, saying what to do, when the two tokenizers differ."""
+    s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s != t:
+        differ = len(set(s.items()) ^ set(t.items()))
+        raise DistillError(
+            f"on-policy distillation compares the student's and the teacher's next-token distributions token by "
+            f"token, so they must share one tokenizer; student {student} has a {len(s)}-token vocabulary and "
+            f"teacher {teacher} a {len(t)}-token one ({differ} entries differ). Use SFT distillation instead "
+            f"(drop --on-policy, or set mode=sft): it trains on the teacher's text re-tokenized by the student.")
+
+
+def _output_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+class OnPolicyDistiller:
+    def __init__(self, cfg: DistillConfig, out: Path, resume: bool = False):
+        self.cfg, self.out, op = cfg, Path(out), cfg.on_policy
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.run.seed)
+        self.tok = load_tokenizer(cfg.student.tokenizer or cfg.student.path)
+        check_same_vocabulary(self.tok, load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.path),
+                              cfg.student.path, cfg.teacher.path)
+        self.device, self.teacher_device = resolve_device(cfg.student.device), resolve_device(cfg.teacher.device)
+        self.student = load_model(cfg.student.path, self.device)
+        self.student.train()
+        self.teacher = load_model(cfg.teacher.path, self.teacher_device, requires_grad=False)
+        # vocabularies padded past the tokenizer (common for GPUs) are cut to the real tokens
+        self.V = len(self.tok)
+        if min(_output_size(self.student), _output_size(self.teacher)) < self.V:
+            raise DistillError(f"a model has fewer outputs than its tokenizer's {self.V} tokens")
+        context = min(getattr(m.config, "max_position_embeddings", None) or 10**9 for m in (self.student, self.teacher))
+        rows, held = load_prompts(cfg.data, cfg.eval.size)
+        self.rows, self.prompts = self._fit(rows, context, "training")
+        self.held, self.held_prompts = self._fit(held, context, "held-out") if held else ([], [])
+        self.engine = HFEngine(self.student, self.tok, self.device)
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=op.lr, weight_decay=0.0)
+        warm = op.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: (i + 1) / warm if i < warm else 1.0)
+        self.sampler = PromptSampler(len(self.rows), cfg.run.seed)
+        self.generator = torch.Generator().manual_seed(cfg.run.seed)
+        self.step, self.wall_before = 0, 0.0
+        self.metrics = MetricsWriter(self.out)
+        if not resume:
+            self.metrics.truncate_after(-1)  # a fresh run in a used directory starts a fresh log
+        self.resumed_from = self._resume() if resume else None
+
+    def _fit(self, rows: list[dict], context: int, what: str) -> tuple[list[dict], list[list[int]]]:
+        """The rows whose prompt plus on_policy.max_new_tokens fits both models, with their ids."""
+        limit = context - self.cfg.on_policy.max_new_tokens
+        ids = [self.tok(render(r["question"], self.cfg.data.template, self.tok), add_special_tokens=False)["input_ids"]
+               for r in rows]
+        keep = [i for i, p in enumerate(ids) if len(p) <= limit]
+        if not keep:
+            raise DistillError(f"no {what} prompt fits the models' context of {context} tokens with "
+                               f"on_policy.max_new_tokens={self.cfg.on_policy.max_new_tokens}")
+        if len(keep) < len(rows):
+            log.warning("on-policy: skipped %d %s prompts too long for the context", len(rows) - len(keep), what)
+        return [rows[i] for i in keep], [ids[i] for i in keep]
+
+    # ------------------------------------------------------------------ the loss
+    def kl_sum(self, batch: SequenceBatch, grad: bool, normaliser: float = 1.0) -> float:
+        """Σ of KL_it over the batch's completion tokens, in micro-batches; with `grad`, the
+        gradient of Σ KL_it / normaliser is accumulated into the student."""
+        total, micro = 0.0, self.cfg.on_policy.micro_batch_size
+        for i in range(0, len(batch), micro):
+            mb = batch.slice(slice(i, i + micro))
+            with torch.set_grad_enabled(grad), autocast(self.device, self.cfg.student.dtype):
+                s_logits = completion_logits(self.student, mb)[..., : self.V]
+            with torch.no_grad(), autocast(self.teacher_device, self.cfg.teacher.dtype):
+                t_batch = mb if self.teacher_device == self.device else SequenceBatch(
+                    *(x.to(self.teacher_device) for x in (mb.input_ids, mb.attention_mask, mb.completion_ids,
+                                                          mb.completion_mask)), mb.prompt_len)
+                t_logits = completion_logits(self.teacher, t_batch)[..., : self.V].to(self.device)
+            kl = reverse_kl_per_token(s_logits, t_logits, mb.completion_mask).sum()
+            if grad:
+                (kl / normaliser).backward()
+            total += kl.item()
+        return total
+
+    def _sample(self, prompts: list[list[int]], n: int, temperature: float, generator) -> tuple:
+        op = self.cfg.on_policy
+        params = SamplingParams(n=n, temperature=temperature, top_p=op.top_p, max_new_tokens=op.max_new_tokens,
+                                stop=list(op.stop))
+        ro = self.engine.generate(prompts, params, generator=generator)
+        return ro, SequenceBatch.build(ro.prompt_ids, ro.completion_ids, self.engine.pad_id, self.device)
+
+    def train_step(self) -> dict:
+        op, t0 = self.cfg.on_policy, time.perf_counter()
+        idx = self.sampler.next(op.prompts_per_step)
+        ro, batch = self._sample([self.prompts[i] for i in idx], op.samples_per_prompt, op.temperature,
+                                 self.generator)  # o ~ π_s
+        n_tok = int(batch.completion_mask.sum())
+        self.optimizer.zero_grad(set_to_none=True)
+        kl = self.kl_sum(batch, grad=True, normaliser=n_tok)  # loss = mean over the batch's completion tokens
+        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), op.max_grad_norm or float("inf"))
+        skipped = not (math.isfinite(kl) and torch.isfinite(norm))
+        if skipped:
+            log.warning("step %d skipped: non-finite reverse KL or gradient", self.step + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        rows = [self.rows[i] for i in idx for _ in range(op.samples_per_prompt)]
+        m = {"step": self.step, "reverse_kl": kl / max(n_tok, 1), "grad_norm": float(norm),
+             "lr": self.scheduler.get_last_lr()[0], "completion_len": n_tok / len(ro),
+             "truncated_frac": mean([float(f == "length") for f in ro.finish_reasons]),
+             "train/format_rate": mean(get_reward("format")(ro.texts)), "skipped": int(skipped)}
+        if all("answer" in r for r in rows):
+            m["train/accuracy"] = mean(get_reward("accuracy")(ro.texts, answer=[r["answer"] for r in rows]))
+        m["step_seconds"] = time.perf_counter() - t0
+        return m
+
+    def evaluate(self) -> dict:
+        """Held-out: the reverse KL per token on the student's own samples (temperature 1, one
+        per prompt, a fixed seed) and accuracy / format rate by the R1 protocol."""
+        if not self.held:
+            return {}
+        _, batch = self._sample(self.held_prompts, 1, 1.0, torch.Generator().manual_seed(self.cfg.run.seed + 7))
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            kl = self.kl_sum(batch, grad=False) / max(int(batch.completion_mask.sum()), 1)
+        finally:
+            self.student.train(was_training)
+        m = evaluate_model(self.student, self.tok, self.held, self.cfg, self.cfg.on_policy.stop, self.cfg.run.seed + 1)
+        return {"eval/reverse_kl": kl, **{k: m[k] for k in ("eval/accuracy", "eval/format_rate", "eval/completion_len")}}
+
+    # ------------------------------------------------------------------ state
+    def save(self) -> Path:
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
+                 "wall_seconds": self.wall_before + time.time() - self.t_start}
+        op = self.cfg.on_policy
+        return ckpt.save_checkpoint(self.out / "checkpoints", self.step, self.student, self.tok, state, op.keep_checkpoints)
+
+    def _resume(self):
+        found = ckpt.latest_checkpoint(self.out / "checkpoints")
+        if found is None:
+            log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.out / "checkpoints")
+            self.metrics.truncate_after(-1)
+            return None
+        ckpt.load_weights(self.student, found)
+        s = ckpt.load_trainer_state(found)
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.sampler.load_state_dict(s["sampler"])
+        self.generator.set_state(s["generator"])
+        self.step, self.wall_before = s["step"], s["wall_seconds"]
+        self.metrics.truncate_after(self.step)
+        return found
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict:
+        cfg, op = self.cfg, self.cfg.on_policy
+        self.t_start = time.time()
+        if self.step == 0 and self.held:
+            self.metrics.write({"step": 0, **self.evaluate()})
+        bar = tqdm(total=op.steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, disable=not cfg.run.progress, mininterval=0.5)
+        shown: dict = {}  # the live line keeps the last evaluation
+        stop = _StopRequest()  # Ctrl-C: finish the step, write a checkpoint, stop (--resume continues)
+        try:
+            while self.step < op.steps and stop.requested is None:
+                m = self.train_step()
+                if cfg.eval.size and ((cfg.eval.every and self.step % cfg.eval.every == 0) or self.step == op.steps):
+                    m.update(self.evaluate())
+                self.metrics.write(m)
+                shown.update({k: v for k, v in m.items() if v is not None}, kl=m["reverse_kl"])
+                shown["rewards/accuracy"] = m.get("train/accuracy")
+                bar.set_postfix_str(live_line(shown), refresh=False)
+                bar.update(1)
+                if op.save_every and self.step % op.save_every == 0 and self.step < op.steps:
+                    self.save()
+        finally:
+            stop.restore()
+            bar.close()
+        final = self.save()
+        interrupted = self.step < op.steps
+        if not interrupted:
+            save_pretrained(self.student, self.tok, self.out / "student")
+        self.metrics.close()
+        history = read_metrics(self.out)  # a resumed run's earlier steps included
+        evals = [h for h in history if "eval/accuracy" in h]
+        first, last = (evals[0], evals[-1]) if evals else ({}, {})
+        summary = {
+            "mode": "on_policy", "teacher": cfg.teacher.path, "student": cfg.student.path, "steps": self.step,
+            "train_prompts": len(self.rows), "eval_prompts": len(self.held),
+            "reverse_kl_first_step": next((h["reverse_kl"] for h in history if "reverse_kl" in h), None),
+            "reverse_kl_last_step": history[-1].get("reverse_kl") if history else None,
+            **{f"{k.split('/')[1]}_{when}": d.get(k) for when, d in (("start", first), ("end", last))
+               for k in ("eval/reverse_kl", "eval/accuracy", "eval/format_rate")},
+            "final_checkpoint": str(final), "student_dir": None if interrupted else str(self.out / "student"),
+            "interrupted": interrupted,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "seconds": round(self.wall_before + time.time() - self.t_start, 1),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def run_on_policy(cfg: DistillConfig, out: Path, resume: bool = False) -> dict:
+    return OnPolicyDistiller(cfg, out, resume).run()
