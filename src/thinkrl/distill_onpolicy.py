@@ -45,7 +45,7 @@ from .progress import live_line
 from .rewards import get_reward
 from .rollout import HFEngine, SamplingParams
 from .template import render
-from .trainer import _StopRequest
+from .loop import StopRequest
 
 log = logging.getLogger("thinkrl.distill")
 
@@ -235,7 +235,7 @@ class OnPolicyDistiller:
         bar = tqdm(total=op.steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True,
                    file=sys.stderr, disable=not cfg.run.progress, mininterval=0.5)
         shown: dict = {}  # the live line keeps the last evaluation
-        stop = _StopRequest()  # Ctrl-C: finish the step, write a checkpoint, stop (--resume continues)
+        stop = StopRequest()  # Ctrl-C: finish the step, write a checkpoint, stop (--resume continues)
         try:
             while self.step < op.steps and stop.requested is None:
                 m = self.train_step()

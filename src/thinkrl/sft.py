@@ -49,6 +49,7 @@ from .config import ConfigError, load_into, to_yaml
 from .data import DataError, PromptSampler
 from .policy import (autocast, cache_kwarg, load_model, load_tokenizer, output_cache, resolve_device,
                      save_pretrained)
+from .loop import StopRequest, lr_factor
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
 
 log = logging.getLogger("thinkrl")
@@ -237,14 +238,6 @@ def check_packing(model, device) -> float:
     return diff
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up over `warmup` steps, then constant, linear decay or cosine decay to 0."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return {"constant": 1.0, "linear": 1 - frac, "cosine": 0.5 * (1 + math.cos(math.pi * frac))}[schedule]
-
-
 # ---------------------------------------------------------------------------- the run
 
 
@@ -397,7 +390,6 @@ class SFTTrainer:
     def run(self) -> dict:
         from tqdm.auto import tqdm
 
-        from .trainer import _StopRequest
 
         t = self.cfg.train
         self.t_start = time.time()
@@ -405,7 +397,7 @@ class SFTTrainer:
             self.metrics.write({"step": 0, "epoch": 0.0, "eval/loss": self.eval_loss()})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="SFT", unit="step", dynamic_ncols=True,
                    file=sys.stderr, disable=not t.progress, mininterval=0.5)
-        stop, last_eval = _StopRequest(), None
+        stop, last_eval = StopRequest(), None
         try:
             while self.step < self.total_steps and stop.requested is None:
                 m = self.train_step()

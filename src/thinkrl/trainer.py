@@ -45,6 +45,7 @@ from . import distributed
 from .config import Config, validate_world
 from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
+from .loop import StopRequest, lr_factor
 from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
 from .objective import Normaliser, group_advantages, grpo_loss
 from .policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
@@ -55,52 +56,10 @@ from .template import render
 log = logging.getLogger("thinkrl")
 
 
-class _StopRequest:
-    """The first Ctrl-C (or SIGTERM) lets the current step finish, then a checkpoint is written
-    and the run stops; a second Ctrl-C abandons the step at once."""
-
-    def __init__(self, announce: bool = True):
-        import signal
-        import threading
-
-        self.requested: str | None = None
-        self.announce = announce
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        import signal
-
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-        if self.announce:
-            print(f"\n{self.requested}: finishing this step, then writing a checkpoint (Ctrl-C again to abandon it)")
-
-    def restore(self):
-        import signal
-
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 def lr_lambda(cfg: Config):
-    total = cfg.train.steps * cfg.objective.mu
-    warm = cfg.optim.warmup_steps
-
-    def f(i: int) -> float:
-        if warm and i < warm:
-            return (i + 1) / warm
-        frac = (i - warm) / max(1, total - warm)
-        if cfg.optim.schedule == "linear":
-            return max(0.0, 1 - frac)
-        if cfg.optim.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        return 1.0
-
-    return f
+    """The learning-rate multiplier per optimizer step (μ per training step)."""
+    total, o = cfg.train.steps * cfg.objective.mu, cfg.optim
+    return lambda i: lr_factor(i, total, o.warmup_steps, o.schedule)
 
 
 class _NoMetrics:
@@ -463,7 +422,7 @@ class GRPOTrainer:
             row = {"step": 0, **self.evaluate()}
             self.metrics.write(row)
         progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress and self.is_main)
-        stop = _StopRequest(announce=self.is_main)
+        stop = StopRequest(announce=self.is_main)
         ckpt_seconds, error, stopping = None, None, False
         try:
             while self.step < cfg.train.steps and not stopping:
