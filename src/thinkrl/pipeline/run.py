@@ -31,6 +31,8 @@ log = logging.getLogger("thinkrl.pipeline")
 
 LONG = 120  # completion budget once answers carry a summary (R1's readable form)
 EVAL = {"samples": 8, "max_new_tokens": LONG}
+SFT_OPTIM = {"lr": 1e-3}  # the tiny model needs a high rate to learn a few hundred rows in a few dozen steps
+SFT_BATCH = {"batch_size": 32, "micro_batch_size": 32}
 REASONING_REWARDS = {"accuracy": 1.0, "format_lenient": 1.0, "language": 0.2}  # R1 stage 2: the three weights
 
 
@@ -44,19 +46,21 @@ def default_stages() -> list[Stage]:
         Stage("coldstart", "coldstart", {"model": "${zero.model}", "prompts": {"limit": 800}, "sampling": {"n": 2},
                                          "keep": {"max_per_prompt": 1}}),
         Stage("sft_coldstart", "sft", {"model": {"path": "embedded"}, "data": {"train": "${coldstart.data}"},
-                                       "train": {"epochs": 3}}),
+                                       "optim": SFT_OPTIM, "train": {"epochs": 3, **SFT_BATCH}}),
         Stage("reasoning_rl", "grpo", {"model": {"path": "${sft_coldstart.model}"},
                                        "rewards": {"weights": REASONING_REWARDS}, "train": {"steps": 50},
                                        **grpo_long}),
         Stage("reject", "reject", {"checkpoint": "${reasoning_rl.model}", "prompts": {"limit": 1000},
                                    "sampling": {"n": 4}, "keep": {"max_per_prompt": 2},
                                    "mix": {"data": "${general.train}", "ratio": 0.5}}),
-        Stage("rm_helpful", "rm", {"data": {"train": "${general.prefs_helpful_train}",
-                                            "eval": "${general.prefs_helpful_test}"}, "part": "summary"}),
-        Stage("rm_harmless", "rm", {"data": {"train": "${general.prefs_harmless_train}",
-                                             "eval": "${general.prefs_harmless_test}"}, "part": "whole"}),
+        Stage("rm_helpful", "rm", {"data": {"train": "${general.prefs_helpful_train}", "rule": "helpfulness",
+                                            "test": "${general.prefs_helpful_test}", "part": "summary"},
+                                   "train": {"steps": 150}}),
+        Stage("rm_harmless", "rm", {"data": {"train": "${general.prefs_harmless_train}", "rule": "harmlessness",
+                                             "test": "${general.prefs_harmless_test}", "part": "whole"},
+                                    "train": {"steps": 150}}),
         Stage("sft_stage3", "sft", {"model": {"path": "embedded"}, "data": {"train": "${reject.data}"},
-                                    "train": {"epochs": 2}}),
+                                    "optim": SFT_OPTIM, "train": {"epochs": 2, **SFT_BATCH}}),
         Stage("mix", "mix", {"sources": [{"path": "embedded", "type": "reasoning", "limit": 2000},
                                          {"path": "${general.train}", "type": "general", "answer_field": "response"}]}),
         Stage("all_rl", "grpo", {"model": {"path": "${sft_stage3.model}"}, "data": {"train": "${mix.data}"},
@@ -144,8 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/r1", help="pipeline root: stage outputs are cached under it (default runs/r1)")
     ap.add_argument("--only", action="append", default=[], help="run only this stage and its inputs (repeatable)")
     ap.add_argument("--plan", action="store_true", help="print what would run and what is cached, then stop")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for torch (default 1: the tiny models gain little from a second thread and lose "
+                         "10-20x when another process competes for the cores; 0 = torch's default)")
     ap.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. zero.train.steps=50")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         graph = build(args.config, args.overrides, args.out)
         plan = graph.plan(args.only or None)

@@ -82,10 +82,12 @@ def general_data(ctx: StageContext) -> dict:
 
 
 def reward_model(ctx: StageContext) -> dict:
-    from ..reward_model import RMConfig, train_reward_model
+    from ..reward_model import RMConfig, train_reward_model, validate
 
-    s = train_reward_model(_fill(RMConfig(), ctx.settings), ctx.out)
-    return {"outputs": {"model": str(ctx.out / "model"), "dir": str(ctx.out)},
+    cfg = _fill(RMConfig(), ctx.settings)
+    validate(cfg)
+    s = train_reward_model(cfg, ctx.out)
+    return {"outputs": {"model": s["model_dir"], "dir": str(ctx.out)},
             **{k: v for k, v in s.items() if isinstance(v, (int, float, str))}}
 
 
