@@ -87,12 +87,25 @@ def test_command_line_refuses_a_bad_config_before_loading_anything(capsys, tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def _load_rm_config(path):
+    from thinkrl.reward_model import load_rm_config
+
+    return load_rm_config(path)
+
+
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
+    from thinkrl.distill import load_distill_config
+    from thinkrl.pipeline.run import build
+    from thinkrl.sft import load_sft_config
+
     folder = Path(__file__).resolve().parents[1] / "configs"
+    loaders = {"sft-": load_sft_config, "distill-": load_distill_config, "rm-": _load_rm_config,
+               "r1.yaml": lambda p: build(str(p), [], "/nonexistent")}
     for path in sorted(folder.glob("*.yaml")):
-        load_config(path)
+        load = next((f for prefix, f in loaders.items() if path.name.startswith(prefix)), load_config)
+        load(path)
     assert load_config(folder / "r1-zero-tiny.yaml") == load_config()  # it spells out the main job
 
 

@@ -82,7 +82,8 @@ def _file_digest(path: str) -> str:
     if not p.exists():
         raise PipelineError(f"${{file:{path}}}: no such file or directory")
     h = hashlib.sha256()
-    for f in sorted([p] if p.is_file() else [x for x in p.rglob("*") if x.is_file()]):
+    files = [p] if p.is_file() else [x for x in p.rglob("*") if x.is_file() and "__pycache__" not in x.parts]
+    for f in sorted(files):
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]

@@ -72,7 +72,9 @@ def default_stages() -> list[Stage]:
                                              "params": {"helpfulness": {"model": "${rm_helpful.model}"},
                                                         "harmlessness": {"model": "${rm_harmless.model}"}}}}),
         Stage("distill", "distill", {"teacher": {"path": "${all_rl.model}"}, "student": {"path": "embedded-student"},
-                                     "data": {"prompts": "embedded", "max_prompts": 1500}, "sample": {"n": 2}}),
+                                     "data": {"prompts": "embedded", "max_prompts": 1500}, "sample": {"n": 2},
+                                     "filter": {"format": "format_lenient", "max_per_prompt": 2},  # the readable form
+                                     "sft": {"optim": SFT_OPTIM, "train": SFT_BATCH}}),
         Stage("student_rl", "grpo", {"model": {"path": "embedded-student"}, "train": {"steps": 100},
                                      "eval": {"every": 0}}),
     ]
@@ -138,7 +140,8 @@ def build(path: str | None, overrides: list[str], out: str | Path) -> Graph:
     from .stages import KINDS
 
     shipped = [_file_digest(str(d / "model.safetensors")) for d in (TINY_DIR, STUDENT_DIR)]
-    return Graph(load_stages(path, overrides), KINDS, out, version=f"{__version__}+{'+'.join(shipped)}")
+    code = _file_digest(str(Path(__file__).resolve().parent.parent))  # thinkrl's own source: code is an input too
+    return Graph(load_stages(path, overrides), KINDS, out, version=f"{__version__}+{'+'.join(shipped)}+{code}")
 
 
 def main(argv: list[str] | None = None) -> int:

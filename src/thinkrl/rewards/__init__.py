@@ -23,6 +23,9 @@ Registered:
 | `overlong` | DAPO's soft overlong punishment | `length` |
 | `cosine_length` | cosine length scaling (Yeo et al. 2025) | `length` |
 | `repetition` | n-gram repetition penalty (Yeo et al. 2025) | `repetition` |
+| `reward_model` | a trained reward model's score (`thinkrl rm`; R1 stage 4, general prompts) | `model` |
+| `helpfulness` | a reward model on the final summary only (R1 stage 4) | `model` |
+| `harmlessness` | a reward model on the whole response, reasoning included (R1 stage 4) | `model` |
 
 Rewards are chosen and weighted by name in the config (`rewards.weights`), or by an import
 path `package.module:function` for a user's own.
@@ -38,6 +41,7 @@ from .format import format_lenient_reward, format_reward, tag_count_reward
 from .language import language_consistency_reward
 from .length import cosine_length_reward, overlong_penalty_reward
 from .math import accuracy_reward
+from .model import harmlessness_reward, helpfulness_reward, reward_model_reward
 from .repetition import repetition_penalty_reward
 
 Reward = Callable[..., list]
@@ -52,6 +56,9 @@ REWARDS: dict[str, Reward] = {
     "overlong": overlong_penalty_reward,
     "cosine_length": cosine_length_reward,
     "repetition": repetition_penalty_reward,
+    "reward_model": reward_model_reward,
+    "helpfulness": helpfulness_reward,
+    "harmlessness": harmlessness_reward,
 }
 
 
