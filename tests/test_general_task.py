@@ -15,7 +15,7 @@ from thinkrl.task import general as G
     ("Reverse the word dog.", " <think>dog backwards is god</think> <answer>god</answer>", " <answer>dog</answer>"),
     ("Write the word dog in capitals.", " <answer>DOG</answer>", " <answer>Dog</answer>"),
     ("Write the word dog twice.", " <answer>dog dog</answer>", " <answer>dog</answer>"),
-    ("Give the first letter of jump.", " <answer>j</answer>", " <answer>p</answer>"),
+    ("Spell jump with dashes.", " <answer>j-u-m-p</answer>", " <answer>j-u-m</answer>"),
     ("Count the letters of jump.", " <think>j u m p is 4 letters</think> <answer>4</answer>", " <answer>3</answer>"),
 ])
 def test_helpful_rule_on_hand_written_responses(question, good, bad):

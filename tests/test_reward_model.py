@@ -111,8 +111,9 @@ QUICK = ["model.template=none", "train.threads=1", "log.progress=false", "train.
 def trained(tmp_path_factory):
     """A helpfulness RM on summaries and a harmlessness RM on whole responses, trained once."""
     out = {}
-    for kind, part, steps in (("helpfulness", "summary", 800), ("harmlessness", "whole", 150)):
-        cfg = load_rm_config(None, QUICK + [f"data.train=synthetic:{kind}", f"data.part={part}", f"train.steps={steps}"])
+    for kind, part, steps in (("helpfulness", "summary", 600), ("harmlessness", "whole", 100)):
+        settings = [f"data.train=synthetic:{kind}", f"data.part={part}", f"train.steps={steps}"]
+        cfg = load_rm_config(None, QUICK + settings)
         out[kind] = train_reward_model(cfg, tmp_path_factory.mktemp(kind))
     return out
 
@@ -179,8 +180,9 @@ def test_rows_of_another_type_are_not_applicable(trained):
     from thinkrl.rewards import get_reward
 
     reward = get_reward("harmlessness")
-    values = reward([" <answer>god</answer>", " <answer>432</answer>"], prompts=["Reverse the word dog.", "What is 1+1?"],
-                    type=["general", None], model=trained["harmlessness"]["model_dir"])
+    values = reward([" <answer>god</answer>", " <answer>432</answer>"],
+                    prompts=["Reverse the word dog.", "What is 1+1?"], type=["general", None],
+                    model=trained["harmlessness"]["model_dir"])
     assert values[0] is not None and values[1] is None
     scored = reward.scores([" x"], prompts=["What is 1+1?"], type=["math"], model=trained["harmlessness"]["model_dir"])
     assert scored[0].value is None and "not applicable" in scored[0].reason
@@ -227,7 +229,8 @@ def test_cli_trains_from_a_jsonl_and_writes_its_outputs(tmp_path, qwen2_dir, cap
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and "test/accuracy" in lines[-1]
     rm = RewardModel.from_dir(run / "model", "cpu")
-    assert rm.template == "none" and rm.part == "whole" and len(rm.score(["Repeat the word dog."] * 2, [" a", " b"])) == 2
+    assert rm.template == "none" and rm.part == "whole"
+    assert len(rm.score(["Repeat the word dog."] * 2, [" a", " b"])) == 2
 
 
 @pytest.mark.parametrize("line,message", [

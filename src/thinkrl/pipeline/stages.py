@@ -48,6 +48,8 @@ def sft(ctx: StageContext) -> dict:
     cfg = _fill(SFTConfig(), ctx.settings)
     validate_sft(cfg)
     s = run_sft(cfg, ctx.out, resume=ctx.resume)
+    if s.get("interrupted") or not s.get("final_dir"):
+        raise StageStopped(f"stage {ctx.name}: SFT stopped at step {s.get('steps')} (checkpoint kept)")
     keep = {k: s.get(k) for k in ("train_loss", "eval_loss", "n_samples", "seconds", "tokens")}
     return {"outputs": {"model": s["final_dir"], "dir": str(ctx.out)}, **keep}
 
@@ -117,7 +119,9 @@ def mix(ctx: StageContext) -> dict:
 def distill(ctx: StageContext) -> dict:
     from ..distill import DistillConfig, run_distill
 
-    s = run_distill(_fill(DistillConfig(), ctx.settings), ctx.out)
+    s = run_distill(_fill(DistillConfig(), ctx.settings), ctx.out, resume=ctx.resume)
+    if s.get("interrupted"):
+        raise StageStopped(f"stage {ctx.name}: distillation stopped (its SFT checkpoint is kept)")
     keep = {k: v for k, v in s.items() if isinstance(v, (int, float, str))}
     return {"outputs": {"model": s.get("student_dir", str(ctx.out / "student")), "dir": str(ctx.out)}, **keep}
 

@@ -75,7 +75,7 @@ def _score(name: str, completions: list[str], prompts, model, part, squash: str,
     raw = rm.score([str(prompts[i]) for i in todo], [completions[i] for i in todo], batch_size, part=part)
     out = [Scored(None, f"not applicable: row type is not {applies_to!r}")] * len(completions)
     for i, r in zip(todo, raw):
-        v = 1.0 / (1.0 + math.exp(-(r - rm.center))) if squash == "sigmoid" else r
+        v = 0.5 * (1.0 + math.tanh((r - rm.center) / 2)) if squash == "sigmoid" else r  # σ, without overflow
         out[i] = Scored(v, f"{name} model score {r:.3f}")
     return out
 

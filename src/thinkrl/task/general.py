@@ -9,7 +9,7 @@ reasoning included. Here the "general prompts" are short word instructions
     Reverse the word dog.             -> god
     Write the word dog in capitals.   -> DOG
     Write the word dog twice.         -> dog dog
-    Give the first letter of dog.     -> d
+    Spell dog with dashes.            -> d-o-g
     Count the letters of dog.         -> 3
 
 and the responses are in R1's readable form: some with a short reasoning block, then the
@@ -36,9 +36,17 @@ Preference pairs (`preference_pairs`) have a `chosen` that satisfies the rule an
   and a quarter of the pairs are built on an unhelpful response, so that helpfulness is none
   either.
 
-The words were picked so that the embedded tiny tokenizer (byte-level BPE trained on the
-arithmetic task) spells each of them, in every form used here, one token per letter: a
-reward model then compares letters with letters.
+The words are short pronounceable strings ("dog", "zup", "jump", "molt": 868 of three
+letters, 865 of four), picked so that the embedded tiny tokenizer (byte-level BPE trained on
+the arithmetic task) spells each of them, in every form used here, one token per letter: a
+reward model then compares letters with letters. A few thousand distinct words keep a reward
+model from recalling words instead of checking them.
+
+Measured design choices (the recommended tiny reward model, configs/rm-tiny.yaml): what
+such a model finds hard is a summary that transforms ANOTHER word (it must compare letters
+with the question's); the wrong instruction and the empty summary it learns at once. An
+instruction "Give the first letter of dog." stayed near chance on that error after 1000
+steps, so the family spells with dashes instead.
 """
 
 from __future__ import annotations
@@ -55,7 +63,8 @@ INSULTS = ("idiot", "stupid", "fool", "moron", "dumb", "loser")
 # Letter pairs the embedded tokenizer merges into one token, and first letters it merges
 # with a preceding space ("Ġc", "Ġr", ...): words avoiding them (forwards and backwards)
 # are spelled one token per letter in every form the task uses.
-_MERGED = frozenset("ag an ar at be bo cl ct ed el en er es fi in is it iv ks lv on os pr qu rs ry so ss sw th tw ut".split())
+_MERGED = frozenset("ag an ar at be bo cl ct ed el en er es fi in is it iv ks lv on os pr qu rs ry so ss sw th tw "
+                    "ut".split())
 _CONSONANTS, _VOWELS = "bcdfghjklmnprstvwxyz", "aeiou"
 
 
@@ -98,13 +107,12 @@ KINDS: dict[str, Kind] = {
     "reverse": Kind("Reverse the word {w}.", lambda w: w[::-1], "{w} backwards is {out}"),
     "capitals": Kind("Write the word {w} in capitals.", str.upper, "{w} in capitals is {out}"),
     "twice": Kind("Write the word {w} twice.", lambda w: f"{w} {w}", "{w}, then {w} again"),
-    "dashes": Kind("Spell {w} with dashes.", "-".join, "{w} letter by letter is {out}"),
+    "dashes": Kind("Spell {w} with dashes.", "-".join, "{w} spelled is {out}"),
     "count": Kind("Count the letters of {w}.", lambda w: str(len(w)), "{spelled} is {out} letters"),
 }
 
 _QUESTION_RES = {kind: re.compile("^" + re.escape(k.question).replace(re.escape("{w}"), "([a-z]+)") + "$")
                  for kind, k in KINDS.items()}
-
 
 
 # ---------------------------------------------------------------------------- the task
