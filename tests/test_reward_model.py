@@ -111,7 +111,7 @@ QUICK = ["model.template=none", "train.threads=1", "log.progress=false", "train.
 def trained(tmp_path_factory):
     """A helpfulness RM on summaries and a harmlessness RM on whole responses, trained once."""
     out = {}
-    for kind, part, steps in (("helpfulness", "summary", 600), ("harmlessness", "whole", 100)):
+    for kind, part, steps in (("helpfulness", "summary", 800), ("harmlessness", "whole", 100)):
         settings = [f"data.train=synthetic:{kind}", f"data.part={part}", f"train.steps={steps}"]
         cfg = load_rm_config(None, QUICK + settings)
         out[kind] = train_reward_model(cfg, tmp_path_factory.mktemp(kind))

@@ -10,7 +10,8 @@ as in InstructGPT, Ouyang et al. 2022, eq. 1):
     P(y_c ≻ y_r | x) = σ(r(x, y_c) − r(x, y_r))
     loss = −E[ log σ(r(x, y_c) − r(x, y_r)) ]
 
-- x is the question rendered with a template (default `r1_zero`, the prompt the policy sees);
+- x is the question rendered with a template (default `none`, the bare question; `r1_zero`
+  gives the prompt the policy sees, which cost the tiny model accuracy and time);
 - the part of a response that is scored: `whole`, or `summary` (the text after the last
   `</think>`, all of it when there is none), so a summary-scored reward never sees the
   reasoning;
@@ -32,6 +33,11 @@ Synthetic data (`data.train: synthetic:helpfulness` or `synthetic:harmlessness`)
 `thinkrl.task.general`, whose preferences a known rule decides; the held-out accuracy is
 then also reported against the rule (`test/rule_auc`: how well the score separates the
 held-out responses the rule accepts from those it rejects, across prompts).
+
+The defaults (spelled out in configs/rm-tiny.yaml) are the reward models of the tiny R1 pipeline: a fresh 2-layer, 32-wide model (44k
+parameters) of the embedded model's architecture and tokenizer learned the synthetic
+helpfulness preferences to 0.95-0.97 held-out accuracy in about 75 s on one CPU thread,
+where fine-tuning the 1M embedded model reached 0.86 in more time.
 """
 
 from __future__ import annotations
@@ -67,8 +73,9 @@ class RMModelConfig:
     init: str = "random"  # pretrained: path's weights (LM head replaced) | random: a fresh model sized below
     layers: int = 2  # pretrained: keep the first N decoder layers; random: N layers; 0 = as many as path has
     hidden_size: int = 32  # random only: the width (MLP 4×, path's head count); 0 = path's
-    template: str = "r1_zero"  # how a question becomes the prompt the RM reads (thinkrl.template.render): the policy's
-    #                            prompt; the tiny fresh model learns faster on the bare question (none, rm-tiny.yaml)
+    template: str = "none"  # how a question becomes the prompt the RM reads (thinkrl.template.render): the bare
+    #                         question; r1_zero (the policy's prompt) put 85 uninformative tokens in front and cost
+    #                         the tiny model 0.953 -> 0.900 held-out accuracy at twice the time
     attention: str = "auto"  # transformers attention: auto (eager on CPU, where it made tiny-model steps ~30% faster
     #                          than sdpa; the model's default elsewhere) | eager | sdpa
     device: str = "auto"
@@ -93,7 +100,7 @@ class RMDataConfig:
 class RMTrainConfig:
     steps: int = 1500
     batch_size: int = 32  # pairs per step (2× as many sequences)
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
     schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
@@ -264,7 +271,6 @@ def sequence_scores(model, seqs: list[list[int]], pad_id: int, min_shared: int =
         attn[i, L - len(s):] = 1
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0) + shared
-    kwargs = {}
     if shared:
         base = getattr(model, model.base_model_prefix)
         prefix = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=device)
@@ -330,7 +336,7 @@ class RewardModel:
     `prompts` are questions, rendered with the template the model was trained with;
     `responses` are cut to the part it was trained on (unless `part` is given)."""
 
-    def __init__(self, model, tokenizer, template: str = "r1_zero", part: str = "whole", center: float = 0.0,
+    def __init__(self, model, tokenizer, template: str = "none", part: str = "whole", center: float = 0.0,
                  dtype: str = "auto", info: dict | None = None):
         self.model, self.tokenizer = model.eval().requires_grad_(False), tokenizer
         self.template, self.part, self.center, self.dtype = template, part, float(center), dtype
@@ -354,7 +360,7 @@ class RewardModel:
         model = load_reward_backbone(str(path), dev)
         tok = load_tokenizer(str(path))
         model.config.pad_token_id = tok.pad_token_id
-        return cls(model, tok, info.get("template", "r1_zero"), info.get("part", "whole"),
+        return cls(model, tok, info.get("template", "none"), info.get("part", "whole"),
                    info.get("score_center", 0.0), info.get("dtype", "auto"), info)
 
     def encode(self, prompts: list[str], responses: list[str], part: str | None = None) -> list[list[int]]:

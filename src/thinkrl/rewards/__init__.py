@@ -1,4 +1,5 @@
-"""Rule-based rewards (DeepSeek-R1 §2.2: rules, never a neural reward model, which gets hacked).
+"""Rewards: rule-based for reasoning (DeepSeek-R1 §2.2: rules, since a neural reward model gets hacked),
+and trained reward models for general prompts (R1 stage 4, `model`).
 
 The contract (TRL's, spelled out in `rewards.base`): a reward is a plain callable
 
