@@ -14,7 +14,6 @@ with torchrun, e.g. `torchrun --nproc_per_node N -m thinkrl.cli train --config F
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

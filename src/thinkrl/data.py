@@ -19,14 +19,16 @@ class DataError(ValueError):
     """Bad input data; the message names the file and line."""
 
 
-def load_jsonl(path: str | Path, question_field: str = "question", answer_field: str = "answer",
-               on_bad_row: str = "error") -> list[dict]:
-    """Rows with `question` and `answer` (renamed from the mapped fields). A line that is not a
-    JSON object, or lacks a mapped field, raises DataError naming the file and line; with
-    on_bad_row="skip" it is skipped instead and the skipped lines are counted in a warning."""
+def read_jsonl(path: str | Path, check, on_bad_row: str = "error", empty: str = "the dataset is empty",
+               what: str = "") -> tuple[list[tuple[int, dict]], int]:
+    """([(line number, row)] for every usable line, number of bad lines skipped) of a JSONL file: the one reader behind every
+    dataset thinkrl loads. `check(row)` says why a parsed JSON object is not usable (None if it
+    is). A bad line (not JSON, not an object, refused by `check`) raises DataError naming the
+    file and line; with on_bad_row="skip" it is skipped and counted in a warning. No usable line
+    at all raises DataError with `empty`; a missing file names `what` the path should be."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file" + (f" ({what})" if what else ""))
     rows, bad = [], []
     with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
@@ -34,28 +36,42 @@ def load_jsonl(path: str | Path, question_field: str = "question", answer_field:
                 continue
             try:
                 row = json.loads(line)
-                problem = None if isinstance(row, dict) else "each line must be a JSON object"
+                problem = check(row) if isinstance(row, dict) else "each line must be a JSON object"
             except json.JSONDecodeError as e:
                 row, problem = None, f"not valid JSON ({e.msg})"
-            if problem is None:
-                missing = [f_name for f_name in (question_field, answer_field) if f_name not in row]
-                if missing:
-                    problem = (f"missing field {missing[0]!r} (fields present: {sorted(row)}); "
-                               f"set data.question_field / data.answer_field to map your columns")
             if problem is not None:
                 if on_bad_row != "skip":
                     raise DataError(f"{path}:{lineno}: {problem}; or set data.on_bad_row=skip to skip such lines")
                 bad.append((lineno, problem))
                 continue
-            row = dict(row)
-            row["question"], row["answer"] = str(row.pop(question_field)), str(row.pop(answer_field))
-            rows.append(row)
+            rows.append((lineno, row))
     if bad:
         log.warning("%s: skipped %d bad line(s) (data.on_bad_row=skip): %s", path, len(bad),
                     "; ".join(f"line {n}: {why}" for n, why in bad[:5]) + (" ..." if len(bad) > 5 else ""))
     if not rows:
-        raise DataError(f"{path}: the dataset is empty" + (f" after skipping {len(bad)} bad line(s)" if bad else ""))
-    return rows
+        raise DataError(f"{path}: {empty}" + (f" after skipping {len(bad)} bad line(s)" if bad else ""))
+    return rows, len(bad)
+
+
+def missing_field(row: dict, fields, hint: str) -> str | None:
+    """The usual `check` for required columns: names the first one missing and the fields present."""
+    missing = [name for name in fields if name not in row]
+    return f"missing field {missing[0]!r} (fields present: {sorted(row)}); {hint}" if missing else None
+
+
+def load_jsonl(path: str | Path, question_field: str = "question", answer_field: str = "answer",
+               on_bad_row: str = "error") -> list[dict]:
+    """Rows with `question` and `answer` (renamed from the mapped fields). A line that is not a
+    JSON object, or lacks a mapped field, raises DataError naming the file and line; with
+    on_bad_row="skip" it is skipped instead and the skipped lines are counted in a warning."""
+    hint = "set data.question_field / data.answer_field to map your columns"
+    out = []
+    rows, _ = read_jsonl(path, lambda r: missing_field(r, (question_field, answer_field), hint), on_bad_row)
+    for _, row in rows:
+        row = dict(row)
+        row["question"], row["answer"] = str(row.pop(question_field)), str(row.pop(answer_field))
+        out.append(row)
+    return out
 
 
 def load_dataset(spec: str, split: str, question_field="question", answer_field="answer",

@@ -12,18 +12,15 @@ Everything stays text: the student re-tokenizes it with its own tokenizer.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import DataError, load_dataset, load_jsonl
+from . import data
+from .data import load_dataset, load_jsonl
 
 if TYPE_CHECKING:
     from .distill import DistillConfig, DistillDataConfig, FilterConfig
-
-log = logging.getLogger("thinkrl.distill")
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...], on_bad_row: str = "error") -> list[dict]:
@@ -32,32 +29,9 @@ def read_jsonl(path: str | Path, required: tuple[str, ...], on_bad_row: str = "e
 
     `thinkrl.data.load_jsonl` reads question/answer rows (both required, renamed); this reads
     the rows distillation needs besides: prompts whose answer is optional, prompt/response rows."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    rows, bad = [], 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problem = None if isinstance(row, dict) else "each line must be a JSON object"
-            except json.JSONDecodeError as err:
-                row, problem = None, f"not valid JSON ({err.msg})"
-            if problem is None and (missing := [k for k in required if k not in row]):
-                problem = f"missing field {missing[0]!r} (fields present: {sorted(row)}); map your columns with data.*_field"
-            if problem is not None:
-                if on_bad_row != "skip":
-                    raise DataError(f"{path}:{lineno}: {problem}; or set data.on_bad_row=skip to skip such lines")
-                bad += 1
-                continue
-            rows.append(row)
-    if bad:
-        log.warning("%s: skipped %d bad line(s) (data.on_bad_row=skip)", path, bad)
-    if not rows:
-        raise DataError(f"{path}: no usable rows" + (f" ({bad} bad line(s) skipped)" if bad else ""))
-    return rows
+    rows, _ = data.read_jsonl(path, lambda row: data.missing_field(row, required, "map your columns with data.*_field"),
+                              on_bad_row, empty="no usable rows")
+    return [row for _, row in rows]
 
 
 def load_prompts(d: DistillDataConfig, eval_size: int) -> tuple[list[dict], list[dict]]:

@@ -402,40 +402,23 @@ def score_sequences(model, seqs: list[list[int]], pad_id: int, batch_size: int, 
 # ---------------------------------------------------------------------------- data
 
 
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
 def load_pairs(path: str | Path, on_bad_row: str = "error") -> list[dict]:
     """Rows {prompt, chosen, rejected} (strings) from JSONL; a bad line raises DataError
     naming file and line (or is skipped and counted with on_bad_row="skip")."""
-    from .data import DataError
+    from .data import read_jsonl
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    rows, bad = [], []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problem = None if isinstance(row, dict) else "each line must be a JSON object"
-            except json.JSONDecodeError as e:
-                row, problem = None, f"not valid JSON ({e.msg})"
-            if problem is None:
-                missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(row.get(k), str)]
-                if missing:
-                    problem = (f"field {missing[0]!r} is missing or not a string (a preference pair is "
-                               f"{{\"prompt\", \"chosen\", \"rejected\"}}; fields present: {sorted(row)})")
-            if problem is not None:
-                if on_bad_row != "skip":
-                    raise DataError(f"{path}:{lineno}: {problem}; or set data.on_bad_row=skip to skip such lines")
-                bad.append(lineno)
-                continue
-            rows.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
-    if bad:
-        log.warning("%s: skipped %d bad line(s): %s", path, len(bad), ", ".join(map(str, bad[:10])))
-    if not rows:
-        raise DataError(f"{path}: no preference pairs" + (f" after skipping {len(bad)} bad line(s)" if bad else ""))
-    return rows
+    def check(row):
+        missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            return (f"field {missing[0]!r} is missing or not a string (a preference pair is "
+                    f"{{\"prompt\", \"chosen\", \"rejected\"}}; fields present: {sorted(row)})")
+        return None
+
+    rows, _ = read_jsonl(path, check, on_bad_row, empty="no preference pairs")
+    return [{k: row[k] for k in PAIR_FIELDS} for _, row in rows]
 
 
 def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:

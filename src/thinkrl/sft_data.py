@@ -22,7 +22,6 @@ its own tokenizer trains on the teacher's text.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError
+from .data import DataError, read_jsonl
 from .template import render
 
 log = logging.getLogger("thinkrl")
@@ -70,34 +69,11 @@ def read_rows(path: str | Path, d) -> tuple[list[dict], int]:
     """(rows, number of bad lines skipped) from a JSONL file. Rows are normalised to
     {"prompt", "response", "line"} or {"messages", "line"}. A bad line raises DataError
     naming the file and line, or with d.on_bad_row == "skip" is skipped and counted."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (data.train / data.eval must be JSONL files)")
-    rows, bad = [], []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problem = _check_row(row, d)
-            except json.JSONDecodeError as e:
-                row, problem = None, f"not valid JSON ({e.msg})"
-            if problem is not None:
-                if d.on_bad_row != "skip":
-                    raise DataError(f"{path}:{lineno}: {problem}; or set data.on_bad_row=skip to skip such lines")
-                bad.append((lineno, problem))
-                continue
-            if d.messages_field in row:
-                rows.append({"messages": row[d.messages_field], "line": lineno})
-            else:
-                rows.append({"prompt": row[d.prompt_field], "response": row[d.response_field], "line": lineno})
-    if bad:
-        log.warning("%s: skipped %d bad line(s) (data.on_bad_row=skip): %s", path, len(bad),
-                    "; ".join(f"line {n}: {why}" for n, why in bad[:5]) + (" ..." if len(bad) > 5 else ""))
-    if not rows:
-        raise DataError(f"{path}: no usable rows" + (f" ({len(bad)} bad line(s) skipped)" if bad else ""))
-    return rows, len(bad)
+    lines, skipped = read_jsonl(path, lambda row: _check_row(row, d), d.on_bad_row, empty="no usable rows",
+                                what="data.train / data.eval must be JSONL files")
+    rows = [{"messages": row[d.messages_field], "line": n} if d.messages_field in row else
+            {"prompt": row[d.prompt_field], "response": row[d.response_field], "line": n} for n, row in lines]
+    return rows, skipped
 
 
 def split_rows(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

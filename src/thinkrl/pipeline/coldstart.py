@@ -313,7 +313,7 @@ def select(samples: list[dict], rows: dict, cfg: ColdStartConfig, tokenizer=None
     from ..rewards import get_reward
     from ..rewards.math import extract_answer
     from ..template import render
-    from .filters import cap_per_prompt, dedup_key
+    from .filters import distinct_and_capped
 
     fmt = get_reward("format" if cfg.mode == "refine" else "format_lenient")
     completions = [s["completion"] for s in samples]
@@ -349,19 +349,8 @@ def select(samples: list[dict], rows: dict, cfg: ColdStartConfig, tokenizer=None
                            "type": "reasoning",
                            "source": {"model": s.get("model", cfg.model), "prompt_id": s["prompt_id"],
                                       "sample_index": s["sample_index"], "mode": cfg.mode}})
-    if cfg.keep.dedup:
-        seen, unique = set(), []
-        for c in candidates:
-            key = (c["source"]["prompt_id"], dedup_key(c["response"]))
-            if key in seen:
-                dropped["duplicate"] += 1
-            else:
-                seen.add(key)
-                unique.append(c)
-        candidates = unique
-    kept, over = cap_per_prompt(candidates, lambda c: c["source"]["prompt_id"], cfg.keep.max_per_prompt)
-    if over:
-        dropped["over_cap"] += len(over)
+    kept = distinct_and_capped(candidates, lambda c: c["source"]["prompt_id"], lambda c: c["response"],
+                               cfg.keep.dedup, cfg.keep.max_per_prompt, dropped)
     return kept, dropped
 
 

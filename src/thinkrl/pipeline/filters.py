@@ -126,3 +126,19 @@ FILTERS = {"mixed_language": mixed_language, "overlong_paragraph": overlong_para
 
 __all__ = ["FILTERS", "broken_code", "cap_per_prompt", "chain_of_thought", "code_blocks", "dedup", "dedup_key",
            "language_share", "mixed_language", "overlong_paragraph", "paragraphs"]
+
+
+def distinct_and_capped(items: Iterable, prompt_of: Callable, text_of: Callable, dedup_on: bool, cap: int,
+                        dropped: Counter) -> list:
+    """What cold start and rejection sampling keep after judging: one copy of each (prompt,
+    normalised text) when `dedup_on`, then at most `cap` per prompt (0 = no cap), first come
+    first kept. The counts dropped go to dropped["duplicate"] and dropped["over_cap"]."""
+    items = list(items)
+    if dedup_on:
+        items, dups = dedup(items, lambda it: (prompt_of(it), dedup_key(text_of(it))))
+        if dups:
+            dropped["duplicate"] += len(dups)
+    kept, over = cap_per_prompt(items, prompt_of, cap)
+    if over:
+        dropped["over_cap"] += len(over)
+    return kept

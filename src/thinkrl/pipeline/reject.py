@@ -208,7 +208,7 @@ def select(samples: list[dict], rows: dict, cfg: RejectConfig, judge=None) -> tu
     the order). `judge` (an object with `.judge(questions, references, predictions)`) is
     needed when cfg.judge.method is "judge"."""
     from ..rewards import get_reward
-    from .filters import cap_per_prompt, dedup_key
+    from .filters import distinct_and_capped
 
     if cfg.judge.method == "judge" and judge is None:
         raise ValueError("judge.method is judge: pass the GenerativeJudge to select()")
@@ -253,19 +253,8 @@ def select(samples: list[dict], rows: dict, cfg: RejectConfig, judge=None) -> tu
             if row.get(key) is not None:
                 out[key] = row[key]
         kept.append(out)
-    if cfg.keep.dedup:
-        seen, unique = set(), []
-        for r in kept:
-            key = (r["source"]["prompt_id"], dedup_key(r["response"]))
-            if key in seen:
-                dropped["duplicate"] += 1
-            else:
-                seen.add(key)
-                unique.append(r)
-        kept = unique
-    kept, over = cap_per_prompt(kept, lambda r: r["source"]["prompt_id"], cfg.keep.max_per_prompt)
-    if over:
-        dropped["over_cap"] += len(over)
+    kept = distinct_and_capped(kept, lambda r: r["source"]["prompt_id"], lambda r: r["response"],
+                               cfg.keep.dedup, cfg.keep.max_per_prompt, dropped)
     return kept, dropped
 
 
