@@ -43,7 +43,7 @@ def default_stages() -> list[Stage]:
     st = [
         Stage("general", "general", {"seed": 0}),
         Stage("zero", "grpo", {"train": {"steps": 100, "save_every": 50}, "eval": {"every": 0}}),
-        Stage("coldstart", "coldstart", {"model": "${zero.model}", "prompts": {"limit": 800}, "sampling": {"n": 2},
+        Stage("coldstart", "coldstart", {"model": "${zero.model}", "prompts": {"limit": 1600}, "sampling": {"n": 2},
                                          "keep": {"max_per_prompt": 1}}),
         Stage("sft_coldstart", "sft", {"model": {"path": "embedded"}, "data": {"train": "${coldstart.data}"},
                                        "optim": SFT_OPTIM, "train": {"epochs": 3, **SFT_BATCH}}),
