@@ -35,6 +35,17 @@ def test_overrides_reach_one_stage_and_change_its_key_and_downstream(tmp_path):
     assert not differs & {"zero", "coldstart", "sft_coldstart", "general", "rm_helpful", "student_rl", "eval_base"}
 
 
+def test_an_override_of_a_setting_stages_share_reaches_one_stage(tmp_path):
+    # the SFT stages and distill start from one optimiser setting; overriding it in one stage must
+    # not reach the others (it once did, and re-ran cold-start SFT when only distill had changed)
+    base = build(None, [], tmp_path)
+    changed = build(None, ["distill.sft.optim.lr=0.002"], tmp_path)
+    assert changed.stages["distill"].settings["sft"]["optim"]["lr"] == 0.002
+    assert changed.stages["sft_coldstart"].settings["optim"] == base.stages["sft_coldstart"].settings["optim"]
+    differs = {n for n in base.order if base.keys[n] != changed.keys[n]}
+    assert differs == {"distill", "eval_distill", "report"}
+
+
 def test_mistakes_fail_at_start(tmp_path, capsys):
     with pytest.raises(PipelineError, match="no stage 'zer0'"):
         load_stages(None, ["zer0.train.steps=5"])

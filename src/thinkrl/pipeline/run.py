@@ -105,8 +105,8 @@ def stages_to_yaml(stages: list[Stage]) -> str:
 
 
 def load_stages(path: str | None, overrides: list[str]) -> list[Stage]:
-    if path is None:
-        stages = default_stages()
+    if path is None:  # a copy per stage: stages share setting dicts, and an override must reach one stage
+        stages = [Stage(s.name, s.kind, copy.deepcopy(s.settings)) for s in default_stages()]
     else:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
