@@ -36,14 +36,15 @@ def test_overrides_reach_one_stage_and_change_its_key_and_downstream(tmp_path):
 
 
 def test_an_override_of_a_setting_stages_share_reaches_one_stage(tmp_path):
-    # the SFT stages and distill start from one optimiser setting; overriding it in one stage must
-    # not reach the others (it once did, and re-ran cold-start SFT when only distill had changed)
+    # both SFT stages start from one optimiser setting; overriding it in one stage must not reach
+    # the other (it once did, and re-ran cold-start SFT when only a later stage had changed)
     base = build(None, [], tmp_path)
-    changed = build(None, ["distill.sft.optim.lr=0.002"], tmp_path)
-    assert changed.stages["distill"].settings["sft"]["optim"]["lr"] == 0.002
+    assert base.stages["sft_stage3"].settings["optim"] == base.stages["sft_coldstart"].settings["optim"]
+    changed = build(None, ["sft_stage3.optim.lr=0.0123"], tmp_path)
+    assert changed.stages["sft_stage3"].settings["optim"]["lr"] == 0.0123
     assert changed.stages["sft_coldstart"].settings["optim"] == base.stages["sft_coldstart"].settings["optim"]
     differs = {n for n in base.order if base.keys[n] != changed.keys[n]}
-    assert differs == {"distill", "eval_distill", "report"}
+    assert differs == {"sft_stage3", "eval_sft_stage3", "all_rl", "eval_all_rl", "distill", "eval_distill", "report"}
 
 
 def test_mistakes_fail_at_start(tmp_path, capsys):

@@ -59,8 +59,9 @@ def default_stages() -> list[Stage]:
         Stage("rm_harmless", "rm", {"data": {"train": "${general.prefs_harmless_train}", "rule": "harmlessness",
                                              "test": "${general.prefs_harmless_test}", "part": "whole"},
                                     "train": {"steps": 150}}),
+        # R1's stage-3 SFT ran 2 epochs; the tiny model reached 88.9% after 4, 82.3% after 2
         Stage("sft_stage3", "sft", {"model": {"path": "embedded"}, "data": {"train": "${reject.data}"},
-                                    "optim": SFT_OPTIM, "train": {"epochs": 2, **SFT_BATCH}}),
+                                    "optim": SFT_OPTIM, "train": {"epochs": 4, **SFT_BATCH}}),
         Stage("mix", "mix", {"sources": [{"path": "embedded", "type": "reasoning", "limit": 2000},
                                          {"path": "${general.train}", "type": "general", "answer_field": "response"}]}),
         Stage("all_rl", "grpo", {"model": {"path": "${sft_stage3.model}"}, "data": {"train": "${mix.data}"},
@@ -74,7 +75,8 @@ def default_stages() -> list[Stage]:
         Stage("distill", "distill", {"teacher": {"path": "${all_rl.model}"}, "student": {"path": "embedded-student"},
                                      "data": {"prompts": "embedded", "max_prompts": 1500}, "sample": {"n": 2},
                                      "filter": {"format": "format_lenient", "max_per_prompt": 2},  # the readable form
-                                     "sft": {"optim": SFT_OPTIM, "train": SFT_BATCH}}),
+                                     "sft": {"optim": {"lr": 2e-3}, "train": {"epochs": 4, **SFT_BATCH}}}),
+        # the 0.2M student: lr 2e-3 x 4 epochs gave 36.5% pass@1, lr 1e-3 x 2 gave 16.8%
         Stage("student_rl", "grpo", {"model": {"path": "embedded-student"}, "train": {"steps": 100},
                                      "eval": {"every": 0}}),
     ]
