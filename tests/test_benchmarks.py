@@ -5,7 +5,6 @@ the tests of a missing file turn it off."""
 
 import gzip
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -17,9 +16,7 @@ from thinkrl.evaluation.benchmarks import BENCHMARKS, default_data_dir, load_ben
 from thinkrl.rewards.math import _closing_answer, _plain_number
 from thinkrl.task import TINY_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.exists() and not os.environ.get("CI"),
-                                reason="../shared/data is not beside the checkout")
+from .shared_data import DATA, needs_data
 
 
 def write_jsonl(path: Path, rows) -> Path:

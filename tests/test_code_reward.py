@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import time
-from pathlib import Path
 
 import pytest
 
 from thinkrl.rewards.base import Scored
 from thinkrl.rewards.code import code_reward, extract_code, outputs_match, parse_tests
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# CI always has ../shared/data beside the checkout: there a missing folder fails, never skips
-needs_data = pytest.mark.skipif(not DATA.exists() and not os.environ.get("CI"),
-                                reason="../shared/data is not beside the checkout")
+from .shared_data import DATA, needs_data
 
 
 def block(code: str, lang: str = "python") -> str:

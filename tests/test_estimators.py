@@ -4,9 +4,7 @@ enumeration and real sampled answers (../shared/data/labeled_responses)."""
 import itertools
 import json
 import math
-import os
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +14,7 @@ from thinkrl.evaluation.estimators import (cons_at_k, default_ks, equivalence_cl
                                            pass_at_k, pass_at_k_table, vote)
 from thinkrl.rewards.math import is_equivalent
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.exists() and not os.environ.get("CI"),
-                                reason="../shared/data is not beside the checkout")
+from .shared_data import DATA, needs_data
 T, F = True, False
 
 

@@ -2,7 +2,6 @@
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -10,7 +9,7 @@ from thinkrl.cli import main
 from thinkrl.evaluation.analyze import analyze_run, tables
 from thinkrl.evaluation.run import EvalSettings, majority, run_eval
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .shared_data import DATA, needs_data
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +65,7 @@ def test_majority_picks_the_most_voted_class_and_breaks_ties_by_first_seen():
     assert majority([None, None]) is None
 
 
+@needs_data
 def test_eval_on_gsm8k_and_math500_slices_counts_what_does_not_fit(tmp_path, capsys):
     rc = main(["eval", "--model", "embedded", "--benchmark", "gsm8k,math500", "--samples", "2", "--limit", "6",
                "--max-new-tokens", "64", "--out", str(tmp_path), "--no-progress", "--data-dir", str(DATA)])
@@ -147,6 +147,7 @@ class ScriptedEngine:
         pass
 
 
+@needs_data
 def test_math_votes_by_equivalence_and_code_is_executed(qwen2_dir):
     from thinkrl.evaluation.benchmarks import load_benchmark
     from thinkrl.evaluation.run import evaluate_rows
@@ -175,6 +176,7 @@ def test_math_votes_by_equivalence_and_code_is_executed(qwen2_dir):
     assert all(x["reason"] for x in samples if not x["correct"])
 
 
+@needs_data
 def test_eval_on_a_humaneval_slice(tmp_path):
     rc = main(["eval", "--model", "embedded", "--benchmark", "humaneval", "--samples", "2", "--limit", "6",
                "--max-new-tokens", "32", "--out", str(tmp_path), "--no-progress", "--data-dir", str(DATA)])

@@ -11,7 +11,7 @@ import torch
 from thinkrl.pipeline.judge import LABELS, UNJUDGED, GenerativeJudge, Verdict, build_judge_prompt, parse_verdict
 from thinkrl.pipeline.reject import RejectConfig, run_reject, select
 
-from .conftest import make_model_dir, make_tokenizer
+from .conftest import make_tokenizer
 
 # ---------------------------------------------------------------- the prompt
 

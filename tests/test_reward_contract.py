@@ -5,7 +5,6 @@ offline scorer on real labelled answers."""
 import json
 import logging
 import time
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from thinkrl.cli import main
 from thinkrl.config import ConfigError, load_config
 from thinkrl.rewards.combine import WeightedRewards
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .shared_data import DATA, needs_data
 HERE = "tests.test_reward_contract"
 
 
@@ -72,6 +71,7 @@ def test_config_names_reward_settings_and_checks_them(tmp_path):
         load_config(None, ["rewards.weights={formt: 1.0}"])
 
 
+@needs_data
 def test_score_command_on_real_labelled_answers(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
     labels = []

@@ -2,9 +2,7 @@
 
 import json
 import logging
-import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -15,10 +13,7 @@ from thinkrl.rewards.format import format_reward
 from thinkrl.rewards.math import (accuracy_reward, extract_answer, final_answers, is_equivalent, parses,
                                   reference_answer)
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# CI always has ../shared/data beside the checkout: there a missing folder fails, never skips
-needs_data = pytest.mark.skipif(not DATA.exists() and not os.environ.get("CI"),
-                                reason="../shared/data is not beside the checkout")
+from .shared_data import DATA, needs_data
 
 
 def rows(path):
