@@ -1,0 +1,106 @@
+"""The data of `thinkrl rm`: preference pairs {prompt, chosen, rejected} from JSONL or from
+the synthetic general task (thinkrl.task.general), a held-out split, and the metrics that
+check a reward model's scores against the rule that made the synthetic pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .reward_model import RMDataConfig
+
+
+def auc(scores: list[float], labels: list[bool]) -> float:
+    """Probability that a random positive outscores a random negative (ties half): the
+    Mann-Whitney statistic. NaN when one class is missing."""
+    pos = torch.tensor([s for s, y in zip(scores, labels) if y], dtype=torch.float64)
+    neg = torch.tensor([s for s, y in zip(scores, labels) if not y], dtype=torch.float64)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+
+
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def load_pairs(path: str | Path, on_bad_row: str = "error") -> list[dict]:
+    """Rows {prompt, chosen, rejected} (strings) from JSONL; a bad line raises DataError
+    naming file and line (or is skipped and counted with on_bad_row="skip")."""
+    from .data import read_jsonl
+
+    def check(row):
+        missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
+        if missing:
+            return (f"field {missing[0]!r} is missing or not a string (a preference pair is "
+                    f"{{\"prompt\", \"chosen\", \"rejected\"}}; fields present: {sorted(row)})")
+        return None
+
+    rows, _ = read_jsonl(path, check, on_bad_row, empty="no preference pairs")
+    return [{k: row[k] for k in PAIR_FIELDS} for _, row in rows]
+
+
+def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
+    """(train pairs, test pairs, rule name or "none")."""
+    import random
+
+    rule = d.rule
+    if d.train.startswith("synthetic:"):
+        from .task.general import make_general_splits, preference_pairs
+
+        kind = d.train.split(":", 1)[1]
+        rows_train, rows_test = make_general_splits(d.synthetic_seed, d.synthetic_train, d.synthetic_test)
+        train = preference_pairs(rows_train, d.synthetic_seed, kind)
+        test = preference_pairs(rows_test, d.synthetic_seed + 1, kind) if d.test == "synthetic" else []
+        if rule == "auto":
+            rule = kind
+    else:
+        train = load_pairs(d.train, d.on_bad_row)
+        test = []
+        if rule == "auto":
+            rule = "none"
+    if d.test == "split":
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        k = max(1, int(len(train) * d.test_share))
+        if k >= len(train):
+            from .data import DataError
+
+            raise DataError(f"data.test=split: {len(train)} pair(s) are too few to hold out {d.test_share:.0%}")
+        test, train = [train[i] for i in order[:k]], [train[i] for i in order[k:]]
+    elif d.test not in ("synthetic", "none"):
+        test = load_pairs(d.test, d.on_bad_row)
+    return train, test, rule
+
+
+def rule_verdicts(pairs: list[dict], rule: str) -> list[tuple[bool, bool]]:
+    """(rule accepts chosen, rule accepts rejected) for each pair; ConfigError when the
+    pairs are not of thinkrl.task.general (their questions cannot be judged)."""
+    from .task.general import judge_harmless, judge_helpful
+
+    def ok(prompt, text):
+        return judge_helpful(prompt, text) if rule == "helpfulness" else judge_harmless(text)
+
+    try:
+        return [(ok(p["prompt"], p["chosen"]), ok(p["prompt"], p["rejected"])) for p in pairs]
+    except ValueError as e:
+        raise ConfigError(f"data.rule={rule}: {e}; set data.rule=none for data that is not "
+                          f"thinkrl.task.general's") from None
+
+
+def rule_metrics(verdicts: list[tuple[bool, bool]], r_chosen: list[float], r_rejected: list[float]) -> dict:
+    """The scores against the known rule: `rule_agreement` (of the pairs the rule decides,
+    the share where the reward model prefers the response the rule accepts), `rule_auc`
+    (over every held-out response, across prompts: does a response the rule accepts outscore
+    one it rejects?), `labels_follow_rule` (share of pairs whose label the rule confirms)."""
+    decided = [(c, r, vc) for (vc, vr), c, r in zip(verdicts, r_chosen, r_rejected) if vc != vr]
+    agree = [((c > r) == vc) if c != r else 0.5 for c, r, vc in decided]
+    labels = [v[0] for v in verdicts] + [v[1] for v in verdicts]
+    return {"rule_agreement": sum(agree) / len(agree) if agree else float("nan"),
+            "rule_auc": auc(list(r_chosen) + list(r_rejected), labels),
+            "labels_follow_rule": sum(vc and not vr for vc, vr in verdicts) / len(verdicts)}
