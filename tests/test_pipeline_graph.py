@@ -21,7 +21,7 @@ def make_kinds(calls):
             raise RuntimeError("killed")
         out = ctx.out / "data.txt"
         out.write_text(text)
-        return {"outputs": {"data": str(out)}, "length": len(text)}
+        return {"outputs": {"data": str(out)}, "length": len(text), "written": {"files": [str(out)]}}
 
     return {"write": write}
 
@@ -39,6 +39,9 @@ def test_runs_in_dependency_order_and_resolves_outputs(tmp_path):
     assert [n for n, _ in calls] == ["a", "b", "c", "d"]
     assert open(records["d"]["outputs"]["data"]).read() == "d|b|a|c|a"
     assert records["d"]["inputs"].keys() == {"b", "c"}
+    # paths a stage reports in its summary name its final directory, not the .partial it ran in
+    assert records["d"]["summary"]["written"]["files"] == [records["d"]["outputs"]["data"]]
+    assert ".partial" not in records["d"]["outputs"]["data"]
     index = json.loads((tmp_path / "stages.json").read_text())
     assert set(index) == {"a", "b", "c", "d"}
 

@@ -208,6 +208,7 @@ class Graph:
         summary = self.kinds[s.kind](ctx) or {}
         outputs = {k: str(final / Path(v).relative_to(partial)) if Path(v).is_relative_to(partial) else str(v)
                    for k, v in summary.pop("outputs", {}).items()}
+        summary = _relocated(summary, str(partial), str(final))
         record = {"stage": name, "kind": s.kind, "key": self.keys[name], "settings": s.settings,
                   "inputs": {d: self.keys[d] for d in self.inputs(name)}, "outputs": outputs,
                   "summary": summary, "seconds": round(time.time() - t0, 1), "resumed": resume,
@@ -224,3 +225,15 @@ class Graph:
         tmp = self.root / "stages.json.tmp"
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, self.root / "stages.json")
+
+
+def _relocated(obj, partial: str, final: str):
+    """`obj` with every path inside the stage's `.partial` directory pointing into its final
+    directory instead (the stage ran in the one and is read from the other)."""
+    if isinstance(obj, dict):
+        return {k: _relocated(v, partial, final) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relocated(v, partial, final) for v in obj]
+    if isinstance(obj, str) and (obj == partial or obj.startswith(partial + os.sep)):
+        return final + obj[len(partial):]
+    return obj
