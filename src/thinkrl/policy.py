@@ -103,6 +103,20 @@ def output_cache(out):
     return out["cache"] if "cache" in out else out.past_key_values
 
 
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest first stretch of tokens that every sequence shares, leaving each
+    at least one token after it (a prefix run once, its KV cache serving every row)."""
+    n, first = min(len(s) for s in seqs) - 1, seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+        if n == 0:
+            break
+    return max(n, 0)
+
+
 def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, share_prompts: bool = True) -> torch.Tensor:
     """log π(o_t | q, o_<t) for every completion token, [N, C] (padding positions hold junk
     values and are masked by the caller). Logits are divided by the sampling temperature, so

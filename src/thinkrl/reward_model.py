@@ -228,28 +228,14 @@ def encode(tokenizer, prompt_texts: list[str], response_texts: list[str]) -> lis
     return [prompt_ids[p] + r + end for p, r in zip(prompt_texts, response_ids)]
 
 
-def _common_prefix(seqs: list[list[int]]) -> int:
-    """Length of the longest common first stretch, leaving every row at least one token."""
-    n = min(len(s) for s in seqs) - 1
-    first = seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-        if n == 0:
-            break
-    return max(n, 0)
-
-
 def sequence_scores(model, seqs: list[list[int]], pad_id: int, min_shared: int = 16) -> torch.Tensor:
     """r for each token sequence, [N] (gradients flow when enabled). Rows are left-padded;
     position ids count real tokens only. A first stretch shared by all rows (>= min_shared
     tokens) runs once and its KV cache serves every row."""
-    from .policy import cache_kwarg, output_cache
+    from .policy import cache_kwarg, common_prefix_len, output_cache
 
     device = next(model.parameters()).device
-    shared = _common_prefix(seqs) if len(seqs) > 1 else 0
+    shared = common_prefix_len(seqs) if len(seqs) > 1 else 0
     if shared < min_shared:
         shared = 0
     rest = [s[shared:] for s in seqs]

@@ -262,15 +262,10 @@ def pack(samples: list[Sample], pack_length: int, pad_id: int = 0) -> Batch:
 def shared_prefix_len(samples: list[Sample]) -> int:
     """The number of leading tokens every sample has in common and is not scored on (the
     prompt template's head), leaving each sample at least one token after it."""
-    first, n = samples[0][0], min(len(s[0]) for s in samples) - 1
-    for ids, labels in samples:
-        first_target = next(t for t, y in enumerate(labels) if y != IGNORE)
-        n = min(n, first_target)  # the logits at n-1 (end of the prefix) may predict a target
-        for k in range(n):
-            if ids[k] != first[k]:
-                n = k
-                break
-    return max(n, 0)
+    from .policy import common_prefix_len
+
+    first_target = min(next(t for t, y in enumerate(labels) if y != IGNORE) for _, labels in samples)
+    return min(common_prefix_len([ids for ids, _ in samples]), first_target)  # the logits at n-1 may predict a target
 
 
 def pad_batch(samples: list[Sample], pad_id: int = 0, share_prefix: bool = False, min_prefix: int = 8) -> Batch:

@@ -124,9 +124,6 @@ def cap_per_prompt(items: Iterable, prompt_of: Callable[..., Hashable], cap: int
 
 FILTERS = {"mixed_language": mixed_language, "overlong_paragraph": overlong_paragraph, "broken_code": broken_code}
 
-__all__ = ["FILTERS", "broken_code", "cap_per_prompt", "chain_of_thought", "code_blocks", "dedup", "dedup_key",
-           "language_share", "mixed_language", "overlong_paragraph", "paragraphs"]
-
 
 def distinct_and_capped(items: Iterable, prompt_of: Callable, text_of: Callable, dedup_on: bool, cap: int,
                         dropped: Counter) -> list:
@@ -142,3 +139,8 @@ def distinct_and_capped(items: Iterable, prompt_of: Callable, text_of: Callable,
     if over:
         dropped["over_cap"] += len(over)
     return kept
+
+
+__all__ = ["FILTERS", "broken_code", "cap_per_prompt", "chain_of_thought", "code_blocks", "dedup", "dedup_key",
+           "distinct_and_capped", "language_share", "mixed_language", "overlong_paragraph", "paragraphs"]
+

@@ -205,10 +205,8 @@ class Graph:
         ctx = StageContext(name, s.kind, self._resolve(s.settings), partial, resume, self.keys[name])
         log.info("stage %s (%s)%s -> %s", name, s.kind, " resumed" if resume else "", final)
         t0 = time.time()
-        summary = self.kinds[s.kind](ctx) or {}
-        outputs = {k: str(final / Path(v).relative_to(partial)) if Path(v).is_relative_to(partial) else str(v)
-                   for k, v in summary.pop("outputs", {}).items()}
-        summary = _relocated(summary, str(partial), str(final))
+        summary = _relocated(self.kinds[s.kind](ctx) or {}, str(partial), str(final))
+        outputs = {k: str(v) for k, v in summary.pop("outputs", {}).items()}
         record = {"stage": name, "kind": s.kind, "key": self.keys[name], "settings": s.settings,
                   "inputs": {d: self.keys[d] for d in self.inputs(name)}, "outputs": outputs,
                   "summary": summary, "seconds": round(time.time() - t0, 1), "resumed": resume,
@@ -228,12 +226,13 @@ class Graph:
 
 
 def _relocated(obj, partial: str, final: str):
-    """`obj` with every path inside the stage's `.partial` directory pointing into its final
-    directory instead (the stage ran in the one and is read from the other)."""
+    """`obj` (a stage's summary, its outputs included) with every path inside the stage's
+    `.partial` directory pointing into its final directory instead (the stage ran in the one
+    and is read from the other)."""
     if isinstance(obj, dict):
         return {k: _relocated(v, partial, final) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_relocated(v, partial, final) for v in obj]
-    if isinstance(obj, str) and (obj == partial or obj.startswith(partial + os.sep)):
-        return final + obj[len(partial):]
+    if isinstance(obj, (str, Path)) and (str(obj) == partial or str(obj).startswith(partial + os.sep)):
+        return final + str(obj)[len(partial):]
     return obj
