@@ -1,8 +1,12 @@
 """The code that runs in the child, before and around the program: it makes the namespaces,
-drops to the slot's uid, sets the resource limits, no_new_privs and Landlock, runs the PID
-namespace's init, installs the audit hook and then runs the program as `__main__`. It is source
-text (`_BOOTSTRAP`), run by a fresh `python -I -S -B -X utf8 -c`; see the package docstring for
-what each layer does."""
+mounts the run directory's tmpfs (the disk quota), forks the PID namespace's init (which mounts
+that namespace's own /proc), drops to the slot's uid, sets the resource limits, no_new_privs and
+Landlock, installs the audit hook (`guard`) and then runs the program as `__main__`, init's
+child. Mounts come first: a dropped uid has no CAP_SYS_ADMIN and Landlock forbids them. It is
+source text (`_BOOTSTRAP`), run by a fresh `python -I -S -B -X utf8 -c`; see the package
+docstring for what each layer does."""
+
+from .guard import _GUARD
 
 _SETUP_EXIT = 125  # the bootstrap's exit code when a layer it was asked for cannot be set up
 _MARKER = "thinkrl-sandbox: setup failed"
@@ -63,6 +67,15 @@ def _setup(cfg):
         if os.getuid() != uid or os.geteuid() != uid or os.getgroups():
             fail("uid", "credentials are not those of uid %d" % uid)
 
+    def drop_caps():
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)
+        if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
+            fail("namespaces", "capset: %s" % err())
+
+    def mount(what, where, kind, mflags, data=None):
+        if libc.mount(what, where.encode(), kind, ctypes.c_ulong(mflags), data and data.encode()) != 0:
+            fail("mounts", "mount %s on %s: %s" % (what.decode(), where, err()))
+
     # namespaces need privilege: made first, then the uid is dropped; but a user namespace is
     # made by the unprivileged uid itself (root without CAP_SYS_ADMIN, e.g. in a container)
     if uid is not None and flags & 0x10000000:
@@ -73,7 +86,7 @@ def _setup(cfg):
         outer_uid, outer_gid = os.getuid(), os.getgid()
         if libc.unshare(ctypes.c_int(flags)) != 0:
             fail("namespaces", "unshare(0x%x): %s" % (flags, err()))
-        if flags & 0x10000000:  # a user namespace: our own ids only, then no capabilities
+        if flags & 0x10000000:  # a user namespace: our own ids only (capabilities dropped below)
             try:
                 for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (outer_uid, outer_uid)),
                                    ("gid_map", "%d %d 1" % (outer_gid, outer_gid))):
@@ -81,9 +94,52 @@ def _setup(cfg):
                         f.write(text)
             except OSError as e:
                 fail("namespaces", "user namespace id maps: %s" % e)
-            header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-            if libc.capset(header, (ctypes.c_uint32 * 6)()) != 0:
-                fail("namespaces", "capset: %s" % err())
+    if flags & 0x00020000:
+        # a mount namespace: nothing propagates back to the host; the run's directory becomes a
+        # tmpfs of the disk quota (main.py, written there by the parent, is carried over)
+        mount(b"none", "/", None, 0x4000 | 0x40000)  # MS_REC | MS_PRIVATE
+        with open(tmp + "/main.py", "rb") as f:
+            source = f.read()
+        owner = ",uid=%d,gid=%d" % (uid, uid) if uid is not None else ""
+        mount(b"tmpfs", tmp, b"tmpfs", 2 | 4, "size=%d,nr_inodes=%d,mode=0700%s"  # MS_NOSUID | MS_NODEV
+              % (cfg["disk"], max(64, cfg["disk"] // 4096), owner))
+        fd = os.open(tmp + "/main.py", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.write(fd, source)
+        if uid is not None:
+            os.fchown(fd, uid, uid)
+        os.close(fd)
+
+    if flags & 0x20000000:
+        # a PID namespace holds our children, not us: this process stays outside and waits; its
+        # child is the namespace's init (it mounts the namespace's own /proc, then applies the
+        # layers below), which runs the program as its own child (so the program keeps ordinary
+        # signal semantics), reaps orphans, and passes the program's wait status out through a
+        # pipe; when init exits the kernel kills everything left in the namespace
+        import _signal  # not `signal`: its enums cost milliseconds
+        r, w = os.pipe()
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # for init; the program gets it back
+        pid = os.fork()
+        if pid:
+            if flags & 0x10000000:
+                drop_caps()
+            os.close(w)
+            os.close(cfg["started_fd"])
+            os.waitpid(pid, 0)
+            data = os.read(r, 32)
+            status = int(data) if data.strip().isdigit() else 9  # init killed: as if by SIGKILL
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                try:
+                    _signal.signal(sig, _signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
+                os.kill(os.getpid(), sig)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        os.close(r)
+        if cfg["proc"] and flags & 0x00020000:  # a procfs of this PID namespace: its processes only
+            mount(b"proc", "/proc", b"proc", 2 | 4 | 8)  # MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if flags & 0x10000000:
+        drop_caps()
     if uid is not None:
         drop_to_uid()
 
@@ -122,32 +178,10 @@ def _setup(cfg):
     os.chdir(tmp)
     os.umask(0o077)
 
-    if flags & 0x20000000:
-        # a PID namespace holds our children, not us: this process stays outside and waits; its
-        # child is the namespace's init, which runs the program as its own child (so the program
-        # keeps ordinary signal semantics), reaps orphans, and passes the program's wait status
-        # out through a pipe; when init exits the kernel kills everything left in the namespace
-        import _signal  # not `signal`: its enums cost milliseconds
-        r, w = os.pipe()
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)  # for init; the program gets it back
+    if flags & 0x20000000:  # init: the program is its child
         pid = os.fork()
         if pid:
-            os.close(w)
-            os.close(cfg["started_fd"])
-            os.waitpid(pid, 0)
-            data = os.read(r, 32)
-            status = int(data) if data.strip().isdigit() else 9  # init killed: as if by SIGKILL
-            if os.WIFSIGNALED(status):
-                sig = os.WTERMSIG(status)
-                try:
-                    _signal.signal(sig, _signal.SIG_DFL)
-                except (OSError, ValueError):
-                    pass
-                os.kill(os.getpid(), sig)
-            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-        os.close(r)
-        pid = os.fork()
-        if pid:
+            libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the program cannot read init's /proc entries
             os.close(cfg["started_fd"])
             while True:
                 done, status = os.waitpid(-1, 0)
@@ -159,138 +193,7 @@ def _setup(cfg):
         _signal.signal(_signal.SIGINT, _signal.default_int_handler)
 
 
-def _guard(tmp):
-    """The audit hook. It keeps its state in default arguments and uses no module globals, so
-    the program cannot reconfigure it by patching modules."""
-    import _posixsubprocess, _signal
-
-    def no_process(*a, **k):
-        raise PermissionError("[sandbox] process creation is not allowed")
-
-    def no_signal(*a, **k):
-        raise PermissionError("[sandbox] signalling other processes is not allowed")
-
-    _posixsubprocess.fork_exec = no_process  # not audited itself
-    for mod, name in ((os, "pidfd_open"), (sys.modules.get("posix"), "pidfd_open"),  # not audited
-                      (_signal, "pidfd_send_signal"), (sys.modules.get("signal"), "pidfd_send_signal")):
-        if mod is not None and hasattr(mod, name):
-            setattr(mod, name, no_signal)
-
-    watched = {}
-    for kind, events in (
-        ("process creation", "os.fork os.forkpty os.system os.exec os.posix_spawn os.spawn subprocess.Popen "
-                             "os.startfile pty.spawn"),
-        ("signalling other processes", "os.kill os.killpg signal.pthread_kill"),
-        ("network access", "socket.connect socket.bind socket.sendto socket.sendmsg socket.getaddrinfo "
-                           "socket.gethostbyname socket.gethostbyname_ex socket.gethostbyaddr "
-                           "socket.getnameinfo socket.sethostname"),
-        ("changing resource limits", "resource.setrlimit resource.prlimit"),
-        ("enumerating the interpreter's objects", "gc.get_objects gc.get_referrers gc.get_referents"),
-        ("creating links", "os.link os.symlink"),
-    ):
-        for e in events.split():
-            watched[e] = kind
-    paths = {"os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.rename": ((0, 2), (1, 3)),
-             "os.mkdir": ((0, 2),), "os.chmod": ((0, 2),), "os.chown": ((0, 3),), "os.utime": ((0, 3),),
-             "os.truncate": ((0, None),), "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
-             "os.mknod": ((0, 3),), "os.mkfifo": ((0, 2),)}
-    for e in paths:
-        watched[e] = "path"
-    watched["open"] = "open"
-    watched["sqlite3.connect"] = "sqlite"
-    watched["import"] = "import"
-    watched["object.__setattr__"] = watched["object.__delattr__"] = "setattr"
-
-    def norm(path, dir_fd=None, _getcwd=os.getcwd, _readlink=os.readlink, _fspath=os.fspath,
-             _isinstance=isinstance, _str=str, _bytes=bytes):
-        """(absolute lexically normalised path, whether it was given absolute); lexical is
-        enough because no link can be made inside the sandbox directory."""
-        if _isinstance(path, _bytes):
-            path = path.decode("utf-8", "surrogateescape")
-        elif not _isinstance(path, _str):
-            path = _fspath(path)
-            if _isinstance(path, _bytes):
-                path = path.decode("utf-8", "surrogateescape")
-        absolute = path.startswith("/")
-        if not absolute:
-            base = _getcwd() if dir_fd in (None, -1, -100) else _readlink("/proc/self/fd/%d" % dir_fd)
-            path = base + "/" + path
-        parts = []
-        for part in path.split("/"):
-            if part == "..":
-                if parts:
-                    parts.pop()
-            elif part and part != ".":
-                parts.append(part)
-        return "/" + "/".join(parts), absolute
-
-    me = os.readlink("/proc/self")  # this process's number in /proc (not os.getpid() in a PID namespace)
-    protected_modules = frozenset({"_posixsubprocess", "posix", "_signal", "_ctypes", "ctypes"})
-    from types import MappingProxyType
-
-    # the hook's state is immutable (a program can reach the hook's frame from the traceback of
-    # a refusal and read its locals), and its helper function cannot be rewritten
-    def audit(event, args, _watched=MappingProxyType(watched), _paths=MappingProxyType(paths),
-              _tmp=tmp, _tmp_slash=tmp + "/", _me=me, _norm=norm, _isinstance=isinstance, _int=int, _str=str,
-              _PE=PermissionError, _protected=protected_modules,
-              _write=os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC):
-        kind = _watched.get(event)
-        if kind is None:
-            if event.startswith("ctypes."):
-                raise _PE("[sandbox] ctypes is not allowed (%s)" % event)
-            return
-        if kind == "setattr":  # (__code__, __defaults__, ...) of the hook's one Python helper
-            if args[0] is _norm:
-                raise _PE("[sandbox] rewriting the sandbox's functions is not allowed (%s)" % args[1])
-            return
-        if kind == "import":
-            if args[0] in _protected:
-                raise _PE("[sandbox] importing %s is not allowed" % args[0])
-            return
-        if kind == "open":
-            path, flags = args[0], args[2]
-            if _isinstance(path, _int) or path is None:
-                return
-            p, absolute = _norm(path)
-            if not _isinstance(flags, _int) or flags & _write:
-                if p == "/dev/null":
-                    return
-                if p != _tmp and not p.startswith(_tmp_slash):
-                    raise _PE("[sandbox] writing outside the sandbox directory is not allowed (%s)" % p)
-                if not absolute and args[1] is None:  # os.open: its dir_fd is not in the event
-                    raise _PE("[sandbox] os.open of a relative path for writing is not allowed; use an "
-                              "absolute path or open()")
-                return
-            if p.startswith("/proc/"):
-                pid = p[6:].split("/", 1)[0]
-                if pid.isdigit() and pid != _me:
-                    raise _PE("[sandbox] reading other processes' /proc entries is not allowed (%s)" % p)
-                if p.endswith("/mem"):
-                    raise _PE("[sandbox] reading process memory is not allowed (%s)" % p)
-            return
-        if kind == "path":
-            for i, j in _paths[event]:
-                target = args[i]
-                if _isinstance(target, _int):
-                    continue
-                p = _norm(target, None if j is None else args[j])[0]
-                if p != _tmp and not p.startswith(_tmp_slash):
-                    raise _PE("[sandbox] changing files outside the sandbox directory is not allowed (%s %s)"
-                              % (event, p))
-            return
-        if kind == "sqlite":
-            db = args[0]
-            if db in (":memory:", "", b":memory:", b""):
-                return
-            p = _norm(db)[0] if not (_isinstance(db, _str) and db.startswith("file:")) else "file:"
-            if p != _tmp and not p.startswith(_tmp_slash):
-                raise _PE("[sandbox] databases outside the sandbox directory are not allowed (%s)" % p)
-            return
-        raise _PE("[sandbox] %s is not allowed (%s)" % (kind, event))
-
-    sys.addaudithook(audit)
-
-
+''' + _GUARD + r'''
 def _run(cfg):
     import types
     path = cfg["tmp"] + "/main.py"

@@ -15,7 +15,8 @@ from .records import OK, Limits
 
 log = logging.getLogger("thinkrl.sandbox")
 
-CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = (
+    0x00020000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 _N_SLOTS = 64  # dedicated uids (root): at most this many runs at once on the machine
 
 
@@ -30,6 +31,8 @@ class Isolation:
     user_namespace: bool  # the namespaces come from an unprivileged user namespace
     landlock_abi: int  # 0: no Landlock
     unshare_flags: int = 0
+    mount_namespace: bool = False  # private mounts; the run's directory a tmpfs of the disk quota
+    private_proc: bool = False  # /proc a procfs of the run's PID namespace (its processes only)
     uids: tuple[int, ...] = field(default=(), repr=False)
     notes: tuple[str, ...] = field(default=())  # why a layer is missing
     # always on: private temporary directory, scrubbed environment, resource limits,
@@ -59,16 +62,23 @@ class Isolation:
         permissions of a dedicated uid)."""
         return self.landlock_writes or self.dedicated_uids
 
+    @property
+    def disk_quota(self) -> str:
+        """How `Limits.max_disk_mb` is enforced."""
+        return "tmpfs (kernel)" if self.unshare_flags & CLONE_NEWNS else "polled by the parent"
+
     def layers(self) -> list[str]:
         out = ["private temporary directory", "scrubbed environment", "resource limits (cpu, memory, "
                "processes, file size)", "no_new_privs", "process group kill", "wall-clock and output limits",
-               "audit hook (per run)"]
+               f"disk quota ({self.disk_quota})", "audit hook (per run)"]
         if self.dedicated_uids:
             out.append(f"dedicated uid per slot ({self.uids[0]}..{self.uids[-1]})")
         for flag, name in ((self.network_namespace, "network"), (self.ipc_namespace, "IPC"),
                            (self.pid_namespace, "PID")):
             if flag:
                 out.append(f"{name} namespace" + (" (in a user namespace)" if self.user_namespace else ""))
+        if self.mount_namespace:
+            out.append("mount namespace" + (" with its own /proc" if self.private_proc else ""))
         if self.landlock_abi:
             what = ["writes"] + (["TCP"] if self.landlock_tcp else []) + (["signals"] if self.landlock_signals else [])
             out.append(f"Landlock ABI {self.landlock_abi} ({', '.join(what)})")
@@ -135,6 +145,10 @@ if os.environ.get("PROBE_WRITE"):
         out["write_outside"] = True
     except OSError:
         out["write_outside"] = False
+if os.environ.get("PROBE_MOUNTS"):
+    st = os.statvfs(".")
+    out["disk"] = st.f_blocks * st.f_frsize
+    out["procs"] = sorted(int(n) for n in os.listdir("/proc") if n.isdigit())
 print(json.dumps(out))
 """
 
@@ -164,10 +178,11 @@ def _detect() -> Isolation:
     if root and not uids:
         notes.append("no free uid range for sandbox slots")
 
-    def probe(flags: int, uid_on: bool, ll: int, write_check: bool = False):
-        iso = _isolation_of(root, uid_on, flags, ll, uids)
-        ex = _execute(_PROBE, "", Limits(cpu_s=5, wall_s=20), audit_hook=False, iso=iso,
-                      extra_env={"PROBE_WRITE": "1"} if write_check else None)
+    def probe(flags: int, uid_on: bool, ll: int, write_check: bool = False, proc: bool = False):
+        iso = _isolation_of(root, uid_on, flags, ll, uids, proc=proc)
+        env = {"PROBE_WRITE": "1"} if write_check else {"PROBE_MOUNTS": "1"} if flags & CLONE_NEWNS else None
+        ex = _execute(_PROBE, "", Limits(cpu_s=5, wall_s=20, max_disk_mb=1), audit_hook=False, iso=iso,
+                      extra_env=env)
         if ex.status != OK:
             return None, ex.reason
         try:
@@ -178,7 +193,7 @@ def _detect() -> Isolation:
     uid_on = False
     if uids:
         out, why = probe(0, True, 0)
-        if out is not None and out.get("uid") == uids[0]:
+        if out is not None and out.get("uid") in uids:  # whichever slot was free
             uid_on = True
         else:
             notes.append(f"dedicated uids unusable: {why or out}".replace("sandbox setup failed ", ""))
@@ -194,6 +209,22 @@ def _detect() -> Isolation:
         failures.append(why.replace("sandbox setup failed [namespaces] ", ""))
     if failures:
         notes.append(f"namespaces: {failures[0]}" + (f"; fell back to unshare(0x{flags:x})" if flags else ""))
+    # a mount namespace (the disk quota's tmpfs) and, in the PID namespace, its own /proc
+    proc = False
+    if flags:
+        out, why = probe(flags | CLONE_NEWNS, uid_on, 0)
+        if out is not None and 0 < out.get("disk", 0) <= 2 ** 20:
+            flags |= CLONE_NEWNS
+            if flags & CLONE_NEWPID:
+                out, why = probe(flags, uid_on, 0, proc=True)
+                proc = out is not None and max(out.get("procs", [99])) <= 3 and os.getpid() not in out["procs"]
+                if not proc:
+                    notes.append(f"no private /proc: {why or out}".replace("sandbox setup failed ", ""))
+        else:
+            notes.append(f"no mount namespace (the disk quota is polled): {why or out}"
+                         .replace("sandbox setup failed ", ""))
+    else:
+        notes.append("no mount namespace without the others (the disk quota is polled)")
     if abi:
         out, why = probe(flags, uid_on, abi, write_check=True)
         if out is None or out.get("write_outside") is not False:
@@ -202,14 +233,15 @@ def _detect() -> Isolation:
             abi = 0
     else:
         notes.append("no Landlock in this kernel")
-    return _isolation_of(root, uid_on, flags, abi, uids, tuple(notes))
+    return _isolation_of(root, uid_on, flags, abi, uids, tuple(notes), proc)
 
 
 def _isolation_of(root: bool, uid_on: bool, flags: int, abi: int, uids: tuple[int, ...],
-                  notes: tuple[str, ...] = ()) -> Isolation:
+                  notes: tuple[str, ...] = (), proc: bool = False) -> Isolation:
     return Isolation(root=root, dedicated_uids=uid_on, network_namespace=bool(flags & CLONE_NEWNET),
                      pid_namespace=bool(flags & CLONE_NEWPID), ipc_namespace=bool(flags & CLONE_NEWIPC),
                      user_namespace=bool(flags & CLONE_NEWUSER), landlock_abi=abi, unshare_flags=flags,
+                     mount_namespace=bool(flags & CLONE_NEWNS), private_proc=proc and bool(flags & CLONE_NEWPID),
                      uids=uids if uid_on else (), notes=notes)
 
 
@@ -225,6 +257,11 @@ def _warn(iso: Isolation) -> None:
     if not iso.write_protection:
         log.warning("sandbox: neither Landlock nor a dedicated uid here: writes outside the sandbox "
                     "directory are refused only by the audit hook")
+    if not iso.private_proc:
+        log.warning("sandbox: no private /proc here (%s): other processes' /proc entries are hidden from "
+                    "sandboxed code only by the audit hook%s; the disk quota is %s", why or "no mount namespace",
+                    " (and their environ, fds and cwd by the dedicated uid)" if iso.dedicated_uids else "",
+                    iso.disk_quota)
     log.info("sandbox layers: %s", iso.summary())
 
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-OK, ERROR, TIMEOUT, MEMORY, OUTPUT_LIMIT, KILLED, REFUSED, SANDBOX_ERROR = (
-    "ok", "error", "timeout", "memory", "output_limit", "killed", "refused", "sandbox_error")
+OK, ERROR, TIMEOUT, MEMORY, OUTPUT_LIMIT, DISK_LIMIT, KILLED, REFUSED, SANDBOX_ERROR = (
+    "ok", "error", "timeout", "memory", "output_limit", "disk_limit", "killed", "refused", "sandbox_error")
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,15 @@ class Limits:
     max_processes: int = 16  # processes *and threads* the program may have at once
     max_output_bytes: int = 1_000_000  # stdout + stderr
     max_file_mb: int = 64  # largest file the program may write (RLIMIT_FSIZE)
+    max_disk_mb: int = 128  # all the program may write in its directory together (a tmpfs, or polled)
 
     def __post_init__(self):
         for name in ("cpu_s", "wall_s"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v > 0 or math.isinf(v):
                 raise ValueError(f"Limits.{name} must be a positive number of seconds, got {v!r}")
-        for name, least in (("memory_mb", 32), ("max_processes", 1), ("max_output_bytes", 1), ("max_file_mb", 1)):
+        for name, least in (("memory_mb", 32), ("max_processes", 1), ("max_output_bytes", 1), ("max_file_mb", 1),
+                            ("max_disk_mb", 1)):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < least:
                 raise ValueError(f"Limits.{name} must be an integer >= {least}, got {v!r}")
@@ -33,7 +35,7 @@ class Limits:
 
 @dataclass
 class Execution:
-    status: str  # ok | error | timeout | memory | output_limit | killed | refused | sandbox_error
+    status: str  # ok | error | timeout | memory | output_limit | disk_limit | killed | refused | sandbox_error
     returncode: int | None  # negative: killed by that signal
     stdout: str  # captured output, cut at the output limit
     stderr: str

@@ -19,9 +19,9 @@ import time
 
 from . import slots
 from .bootstrap import _BOOTSTRAP, _MARKER, _REFUSED_PREFIX, _SETUP_EXIT
-from .detect import Isolation, isolation
-from .records import (ERROR, KILLED, MEMORY, OK, OUTPUT_LIMIT, REFUSED, SANDBOX_ERROR, TIMEOUT, Execution,
-                      Limits)
+from .detect import CLONE_NEWNS, Isolation, isolation
+from .records import (DISK_LIMIT, ERROR, KILLED, MEMORY, OK, OUTPUT_LIMIT, REFUSED, SANDBOX_ERROR, TIMEOUT,
+                      Execution, Limits)
 from .slots import _has_marker, _kill_all, _pids_where, _sweep_shared_dirs, _user_tasks, processes_of_uid
 
 log = logging.getLogger("thinkrl.sandbox")
@@ -81,7 +81,8 @@ def _execute(code: str, stdin: str | bytes, limits: Limits, *, audit_hook: bool,
         started_r, started_w = os.pipe()
         cfg = {"tmp": tmp, "uid": uid, "unshare": iso.unshare_flags, "landlock": iso.landlock_abi,
                "hook": audit_hook, "rlimits": _rlimits(limits, iso), "started_fd": started_w,
-               "marker": _MARKER, "setup_exit": _SETUP_EXIT}
+               "marker": _MARKER, "setup_exit": _SETUP_EXIT, "disk": limits.max_disk_mb * 2 ** 20,
+               "proc": iso.private_proc}
         data = stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else bytes(stdin)
         try:
             try:
@@ -95,7 +96,7 @@ def _execute(code: str, stdin: str | bytes, limits: Limits, *, audit_hook: bool,
             finally:
                 os.close(started_w)
             try:
-                out, err, verdict = _drive(proc, data, limits, start)
+                out, err, verdict = _drive(proc, data, limits, start, disk_dir=_polled_dir(iso, tmp))
             finally:
                 _cleanup(proc, uid, None if iso.contains_processes else f"THINKRL_SANDBOX_RUN={run_id}".encode())
             os.set_blocking(started_r, False)
@@ -144,10 +145,39 @@ def _rmtree(path: str) -> None:
 
 
 
-def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float):
-    """Feed stdin, collect stdout/stderr, enforce the wall clock and the output cap. Returns
-    (stdout, stderr, verdict) with verdict None, TIMEOUT or OUTPUT_LIMIT."""
+def _polled_dir(iso: Isolation, tmp: str) -> str | None:
+    """The run directory where the parent must poll the disk quota (no tmpfs bounds it), else None."""
+    return None if iso.unshare_flags & CLONE_NEWNS else tmp
+
+
+def disk_usage_exceeded(path: str, limit: int) -> bool:
+    """Whether what lies under `path` takes more than `limit` bytes (allocated blocks, each file
+    or directory counted as at least 4 KiB). A directory that cannot be read counts as over."""
+    total, stack = 0, [path]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    st = e.stat(follow_symlinks=False)
+                    total += max(st.st_blocks * 512, 4096)
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+        if total > limit:
+            return True
+    return False
+
+
+def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float, disk_dir: str | None = None):
+    """Feed stdin, collect stdout/stderr, enforce the wall clock and the output cap, and (where
+    `disk_dir` is given: no tmpfs bounds it) the disk quota by polling. Returns (stdout, stderr,
+    verdict) with verdict None, TIMEOUT, OUTPUT_LIMIT or DISK_LIMIT."""
     bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    next_poll = 0.0
     total, cap = 0, limits.max_output_bytes
     deadline = start + limits.wall_s
     verdict = None
@@ -172,10 +202,16 @@ def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float):
             if now >= deadline:
                 verdict = TIMEOUT
                 break
+            if disk_dir is not None and exited_at is None and now >= next_poll:
+                if disk_usage_exceeded(disk_dir, limits.max_disk_mb * 2 ** 20):
+                    verdict = DISK_LIMIT
+                    break
+                next_poll = time.monotonic() + max(0.01, 2 * (time.monotonic() - now))  # at most a third of the time
             if not readers:  # both pipes closed, the process not yet gone
                 time.sleep(min(0.005, deadline - now))
                 continue
-            for key, _ in sel.select(min(deadline - now, 0.1 if exited_at is None else 0.02)):
+            wait = 0.1 if exited_at is None and disk_dir is None else 0.02
+            for key, _ in sel.select(min(deadline - now, wait)):
                 fd = key.fd
                 if key.events & selectors.EVENT_WRITE:
                     try:
@@ -260,6 +296,8 @@ def _classify(rc: int | None, out: bytes, err: bytes, verdict: str | None, limit
         return done(SANDBOX_ERROR, f"sandbox {what} before the program started: {_last_line(stderr)}".rstrip(": "))
     if verdict == OUTPUT_LIMIT:
         return done(OUTPUT_LIMIT, f"output limit of {limits.max_output_bytes:,} bytes exceeded; killed")
+    if verdict == DISK_LIMIT:
+        return done(DISK_LIMIT, f"disk quota of {limits.max_disk_mb} MB exceeded; killed")
     if verdict == TIMEOUT:
         return done(TIMEOUT, f"wall-clock limit of {limits.wall_s:g} s exceeded; killed")
     last = _last_line(stderr)
@@ -276,6 +314,8 @@ def _classify(rc: int | None, out: bytes, err: bytes, verdict: str | None, limit
         return done(OK, "exited normally")
     if last.startswith(_REFUSED_PREFIX):
         return done(REFUSED, f"refused: {last[len('PermissionError: [sandbox] '):]}")
+    if "[Errno 28] No space left on device" in last:  # the tmpfs of the quota is full
+        return done(DISK_LIMIT, f"disk quota of {limits.max_disk_mb} MB exceeded ({last})")
     if last.startswith("MemoryError"):
         return done(MEMORY, f"memory limit of {limits.memory_mb} MB exceeded (MemoryError)")
     return done(ERROR, f"exit code {rc}" + (f": {last}" if last else ""))
