@@ -36,7 +36,8 @@ def test_humaneval_canonical_solutions_all_pass(humaneval):
                    for r in humaneval]
     t = time.monotonic()
     scores = code_reward.scores(completions, tests=[r["test"] for r in humaneval],
-                                entry_point=[r["entry_point"] for r in humaneval])
+                                entry_point=[r["entry_point"] for r in humaneval],
+                                prompt=[r["prompt"] for r in humaneval])  # as the evaluator passes the row
     dt = time.monotonic() - t
     failed = [(r["task_id"], s) for r, s in zip(humaneval, scores) if s != Scored(1.0, "")]
     print(f"HumanEval canonical: {164 - len(failed)}/164 pass in {dt:.1f} s ({164 / dt:.0f} programs/s)")
@@ -47,7 +48,8 @@ def test_humaneval_canonical_solutions_all_pass(humaneval):
 def test_humaneval_stub_bodies_fail(humaneval):
     completions = [block(r["prompt"] + "    return None\n") for r in humaneval]
     scores = code_reward.scores(completions, tests=[r["test"] for r in humaneval],
-                                entry_point=[r["entry_point"] for r in humaneval])
+                                entry_point=[r["entry_point"] for r in humaneval],
+                                prompt=[r["prompt"] for r in humaneval])
     failed = [s for s in scores if s.value == 0.0]
     print(f"HumanEval `return None` bodies: {len(failed)}/164 fail")
     assert len(failed) >= 160
@@ -67,6 +69,56 @@ def test_humaneval_wrong_entry_point_and_broken_solution(humaneval):
     assert scores[1].value == 0.0 and "entry point 'nope' is not defined" in scores[1].reason
     assert scores[2].value == 0.0 and "ZeroDivisionError" in scores[2].reason
     assert scores[3].value == 0.0 and "SyntaxError" in scores[3].reason
+
+
+# ---------------------------------------------------------------- assert-style: what crosses
+
+
+VALUES = r'''
+import math
+SCALE = 10 ** 30
+def values():
+    return [None, True, 0, -7, 2 ** 100, -2 ** 70, 0.1, -0.0, float("inf"), float("nan"), 1 - 2j, "é\ud800\n",
+            b"\x00\xff", (1, (2,)), {1, 2}, frozenset({(1, "a")}), {(1, 2): [3], "k": {"n": None}}]
+def sort_in_place(xs, table=None):
+    xs.sort()
+    if table is not None:
+        table["done"] = True
+    return None
+def fail(kind):
+    class Custom(ValueError):
+        pass
+    raise {"value": ValueError("bad"), "custom": Custom("mine"), "key": KeyError("k")}[kind]
+def twice(f, x):
+    return f(f(x))
+def inc(x):
+    print("chatter on stdout", x)
+    return x + 1
+if __name__ == "__main__":
+    raise SystemExit("the main block does not run")
+'''
+
+VALUE_TESTS = [
+    "v = values()\nassert v[:5] == [None, True, 0, -7, 2 ** 100] and type(v[1]) is bool and type(v[4]) is int",
+    "v = values()\nassert v[5] == -2 ** 70 and v[6] == 0.1 and math.copysign(1, v[7]) == -1 and v[8] == math.inf",
+    "v = values()\nassert math.isnan(v[9]) and v[10] == 1 - 2j and v[11] == 'é\\ud800\\n' and v[12] == b'\\x00\\xff'",
+    "v = values()\nassert v[13] == (1, (2,)) and v[14] == {1, 2} and type(v[15]) is frozenset and v[16][(1, 2)] == [3]",
+    "xs, t = [3, 1, 2], {}\nassert sort_in_place(xs, table=t) is None and xs == [1, 2, 3] and t == {'done': True}",
+    "try:\n    fail('value')\nexcept ValueError as e:\n    assert str(e) == 'bad'\nelse:\n    assert False",
+    "try:\n    fail('custom')\nexcept ValueError as e:\n    assert 'Custom' in str(e) and 'mine' in str(e)\n"
+    "else:\n    assert False",
+    "try:\n    fail('key')\nexcept KeyError:\n    pass\nelse:\n    assert False",
+    "assert twice(inc, 1) == 3 and SCALE == 10 ** 30",
+]
+
+
+def test_assert_tests_see_genuine_values():
+    """Plain values cross exactly (big ints, -0.0, nan, inf, complex, bytes, lone surrogates,
+    nested containers), in-place changes to list and dict arguments are seen, exceptions keep
+    their builtin class, the solution's functions can be passed to each other, its constants
+    and imports are there, and its prints do not disturb anything."""
+    (s,) = code_reward.scores([block(VALUES)], tests=[VALUE_TESTS])
+    assert s == Scored(1.0, ""), s
 
 
 # ---------------------------------------------------------------- stdin/stdout cases

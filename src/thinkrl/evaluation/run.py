@@ -61,7 +61,8 @@ def _score(kind: str, rows: list[dict], texts: list[str]) -> list:
 
     if kind == "code":
         return get_reward("code").scores(texts, tests=[r["tests"] for r in rows],
-                                         entry_point=[r.get("entry_point") for r in rows], mode="all")
+                                         entry_point=[r.get("entry_point") for r in rows], mode="all",
+                                         prompt=[r.get("prompt") for r in rows])  # its helpers are trusted
     return get_reward("accuracy").scores(texts, answer=[r["answer"] for r in rows])
 
 

@@ -15,14 +15,31 @@ The tests of a row (`tests` column), in either of two formats:
 
 - **Assert-style** (HumanEval, MBPP): a string of test code, or a list of them, each counted
   as one test. HumanEval's test code defines `check(candidate)`; with `entry_point` given,
-  `check(<entry_point>)` is called after each test that defines `check`. The solution runs as
-  module `solution` (its `if __name__ == "__main__":` block does not run), then each test in
-  its namespace; a test passes when it runs to the end without an exception. A harness line
-  carrying a random per-run token reports each result, so a program that exits early
-  (`sys.exit(0)`, `os._exit(0)`) or prints fake results passes nothing, and the tests run
-  with the builtins as they were before the solution ran. (This stops the easy hacks, not a
-  determined adversary: frame introspection could find the token, and a function may return
-  an object that compares equal to anything.)
+  `check(<entry_point>)` is called after each test that defines `check`. A test passes when it
+  runs to the end without an exception. The program and the tests never share an interpreter
+  (`rewards.code_harness`, `sandbox.run_pair`): the *program* process loads the solution as
+  module `solution` (its `if __name__ == "__main__":` block does not run) and answers calls; the
+  *judge* process runs the tests, in which each of the solution's functions is a proxy that
+  sends the arguments across and gets back a value. Only plain values cross (None, bool, int,
+  float, complex, str, bytes, and lists, tuples, dicts, sets, frozensets of them), rebuilt in
+  the judge as genuine builtin values, so `==` is Python's own; the state of list, dict and
+  set arguments after the call comes back too (in-place changes are seen). Exceptions cross as
+  the nearest builtin class with the message. The solution's plain top-level constants are
+  copied as values when it has loaded, and its `import x`, where the tests use `x`, as the
+  judge's own module `x`; its names never shadow the builtins the tests use. Only the judge's output carries verdicts:
+  nothing the program does (walking frames, printing, exiting, patching builtins or the
+  harness) can pass a test it did not answer, and the tests are never in the program's reach.
+  Refused, with the reason as the failure: a function that returns anything else (a class
+  instance, a generator, an object claiming to equal anything, a subclass of a plain type:
+  "returned a Foo, which is not a plain value"), an argument that cannot cross (a lambda of
+  the test's: "cannot be passed to the solution"; the solution's own functions can), and any
+  use of a top-level name bound to such an object. Not supported: identity (`is`) between an
+  argument and a result, and globals the solution changes after loading.
+  `prompt` (a column, e.g. HumanEval's): the code the completion continues. Where it is Python
+  defining something the tests use (HumanEval/38's `encode_cyclic`, /32's `poly`), the judge
+  runs it itself and the tests use its definitions, never the program's; only its functions
+  left as stubs (a docstring, `pass` or `...` for a body) and the entry point are the program's.
+  Without it, such helpers come from the program, which could redefine them.
 - **stdin/stdout cases** (competitive programming): a list of `{"input": ..., "output": ...}`
   (or `{"inputs": [...], "outputs": [...]}`); each case is its own run with the input on
   stdin. It passes when the program exits normally and its output matches token by token
@@ -42,12 +59,16 @@ program) scores None with its reason rather than a zero the policy did not earn.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
+import marshal
 import math
 import re
-import secrets
+from pathlib import Path
 
-from ..sandbox import SANDBOX_ERROR, Execution, Job, Limits, default_pool
+from ..sandbox import SANDBOX_ERROR, Execution, Job, Limits, PairJob, default_pool
+from . import code_harness, code_wire
 from .base import Scored, explained
 from .math import _outside_reasoning
 
@@ -158,64 +179,64 @@ def _short(s: str, n: int = 60) -> str:
     return repr(s if len(s) <= n else s[: n - 3] + "...")
 
 
-# ---------------------------------------------------------------- the harness (assert-style)
+# ---------------------------------------------------------------- assert-style: judge and program
 
-_HARNESS = r'''
-def __thinkrl_harness(solution, tests, entry):
-    import builtins, os, sys
-    # bound now: the solution may patch builtins, but not what the harness and the tests use
-    write, exec_, compile_, str_, type_, len_, enum_, dict_, BaseException_ = (
-        os.write, exec, compile, str, type, len, enumerate, dict, BaseException)
-    clean_builtins = dict_(builtins.__dict__)
-    token = sys.stdin.readline().strip()
+# what both processes of a pair run, before a call of judge_main() or program_main(solution)
+SOURCE = "\n".join(Path(m.__file__).read_text(encoding="utf-8") for m in (code_wire, code_harness))
 
-    def report(line):
-        try:
-            write(1, ("\n%s %s\n" % (token, line)).encode("utf-8", "replace"))
-        except OSError:
-            pass
 
-    def describe(e, source):
-        try:
-            text = "%s: %s" % (type_(e).__name__, e) if str_(e) else type_(e).__name__
-        except BaseException_:
-            text = type_(e).__name__
-        line, tb = None, e.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == "<test>":
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        if line is not None and source is not None:
-            lines = source.splitlines()
-            if 0 < line <= len_(lines):
-                text += " at: " + lines[line - 1].strip()
-        return " ".join(text.split())[:300]
+@functools.cache
+def _harness() -> str:
+    """`SOURCE` as a program that defines its functions from bytecode compiled here once (the
+    sandbox runs this same interpreter): compiling it in every run would cost more than the rest."""
+    code = marshal.dumps(compile(SOURCE, "code_harness.py", "exec", optimize=2))
+    return f"import marshal\nexec(marshal.loads({code!r}))\ndel marshal\n"
 
-    ns = {"__name__": "solution", "__builtins__": builtins}
+
+def _names(tree: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+@functools.lru_cache(maxsize=512)
+def _judge_input(tests: tuple[str, ...], entry: str | None, prompt: str | None) -> str:
+    """The judge's configuration line: the tests, the entry point, the names the tests use (the
+    only ones for which the program's `import x` becomes the judge's module x; None: unknown),
+    and the trusted context: the row's prompt, when it is Python that defines something the
+    tests use (else the judge need not run it), with its top-level defs whose body is only a
+    docstring, `pass` or `...` (stubs: the program's to write)."""
     try:
-        exec_(compile_(solution, "solution.py", "exec"), ns)
-    except BaseException_ as e:
-        report("LOADFAIL " + describe(e, None))
-        return
-    for i, test in enum_(tests):
-        scope = dict_(ns)  # each test sees the solution's names, and the real builtins
-        scope["__builtins__"] = clean_builtins
-        try:
-            exec_(compile_(test, "<test>", "exec"), scope)
-            if entry is not None and "def check(" in test:
-                if entry not in scope:
-                    raise NameError("entry point %r is not defined" % entry)
-                scope["check"](scope[entry])
-        except BaseException_ as e:
-            report("FAIL %d %s" % (i, describe(e, test)))
-        else:
-            report("PASS %d" % i)
-    report("DONE")
-'''
+        used = set().union(*(_names(ast.parse(t)) for t in tests))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        used = None
+    context, stubs = prompt, []
+    try:
+        tree = ast.parse(prompt) if isinstance(prompt, str) else None
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        tree = None
+    if tree is not None:
+        stubs = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+                         for s in node.body)]
+        defined = set()  # anywhere in it, over-counted: at worst the judge runs it needlessly
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        if used is not None and not (defined - set(stubs) - {entry}) & used:
+            tree = None
+    if tree is None:
+        context, stubs = None, []
+    return json.dumps({"tests": list(tests), "entry": entry, "used": None if used is None else sorted(used),
+                       "context": context, "stubs": stubs}) + "\n"
 
 
-def _assert_program(solution: str, tests: list[str], entry: str | None) -> str:
-    return f"{_HARNESS}\n__thinkrl_harness({solution!r}, {tests!r}, {entry!r})\n"
+def _pair_job(solution: str, tests: list[str], entry: str | None, prompt, limits: Limits) -> PairJob:
+    return PairJob(judge=_harness() + "judge_main()\n",
+                   judge_input=_judge_input(tuple(tests), entry, prompt if isinstance(prompt, str) else None),
+                   program=f"{_harness()}program_main({solution!r})\n", limits=limits)
 
 
 def _why(ex: Execution, timeout_s: float) -> str:
@@ -228,31 +249,38 @@ def _why(ex: Execution, timeout_s: float) -> str:
     return ex.reason
 
 
-def _score_asserts(ex: Execution, token: str, n: int, timeout_s: float) -> tuple[int, str]:
-    """(tests passed, first failure) from a harness run."""
+def _score_asserts(judge: Execution, program: Execution, n: int, timeout_s: float) -> tuple[int, str]:
+    """(tests passed, first failure) from the judge's verdict lines; where the program ended
+    early, why it did."""
+    gone = (f"{_why(program, timeout_s)}" if program.status != "ok"
+            else "the program exited before the tests finished")
     results: dict[int, str | None] = {}
     load_fail = done = None
-    for m in re.finditer(re.escape(token) + r" (PASS|FAIL|LOADFAIL|DONE)(?: (\d+))?(?: ([^\n]*))?", ex.stdout):
-        kind, idx, text = m.group(1), m.group(2), m.group(3)
+    for line in judge.stdout.splitlines():
+        kind, _, rest = line.partition(" ")
         if kind == "LOADFAIL":
-            load_fail = text or "error"
+            load_fail = f"the solution raised {rest or 'an error'}"
+        elif kind == "GONE":
+            load_fail = gone
         elif kind == "DONE":
             done = True
-        elif idx is not None and int(idx) < n and int(idx) not in results:
-            results[int(idx)] = None if kind == "PASS" else (text or "failed")
-    passed = sum(1 for i in range(n) if i in results and results[i] is None)
+        elif kind in ("PASS", "FAIL"):
+            idx, _, text = rest.partition(" ")
+            if idx.isdigit() and int(idx) < n and int(idx) not in results:
+                results[int(idx)] = None if kind == "PASS" else (gone if text == "GONE" else text or "failed")
     if load_fail is not None:
-        return 0, f"the solution raised {load_fail}"
+        return 0, load_fail
+    passed = sum(1 for i in range(n) if i in results and results[i] is None)
     for i in range(n):
         if results.get(i, "") is not None:
             if i in results:
-                return passed, f"test {i + 1}: {results[i]}" if n > 1 else results[i]
-            if ex.status != "ok":
-                why = _why(ex, timeout_s)
-            elif done:
-                why = "no result"
+                why = results[i]
+            elif program.status != "ok":
+                why = gone
+            elif judge.status != "ok":
+                why = f"the tests' process: {_why(judge, timeout_s)}"
             else:
-                why = "the program exited before the tests finished"
+                why = "no result" if done else "the tests ended early"
             return passed, f"test {i + 1}: {why}" if n > 1 else why
     return passed, ""
 
@@ -275,7 +303,7 @@ def _score_io(ex: Execution, case: dict, index: int, n: int, float_tol: float | 
 
 @explained
 def code_reward(completions: list[str], tests: list | None = None, entry_point=None, mode: str = "fraction",
-                timeout_s: float = 5.0, memory_mb: int = 512, float_tol: float | None = None,
+                timeout_s: float = 5.0, memory_mb: int = 512, float_tol: float | None = None, prompt=None,
                 **kwargs) -> list[Scored]:
     """Fraction of the row's tests the completion's program passes (`mode="fraction"`), or 1/0
     when all pass (`mode="all"`); 0.0 with a reason when it has no code block; None when the
@@ -291,8 +319,10 @@ def code_reward(completions: list[str], tests: list | None = None, entry_point=N
         raise ValueError(f"{n} completions but {len(tests)} test rows")
     entries = list(entry_point) if isinstance(entry_point, (list, tuple)) else [entry_point] * n
     tols = list(float_tol) if isinstance(float_tol, (list, tuple)) else [float_tol] * n
-    if len(entries) != n or len(tols) != n:
-        raise ValueError(f"{n} completions but {len(entries)} entry points and {len(tols)} float_tol values")
+    contexts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * n
+    if len(entries) != n or len(tols) != n or len(contexts) != n:
+        raise ValueError(f"{n} completions but {len(entries)} entry points, {len(tols)} float_tol values and "
+                         f"{len(contexts)} prompts")
     limits = Limits(cpu_s=float(timeout_s), wall_s=float(timeout_s) * 1.5 + 1, memory_mb=int(memory_mb))
 
     out: list[Scored | None] = [None] * n
@@ -313,9 +343,8 @@ def code_reward(completions: list[str], tests: list | None = None, entry_point=N
             continue
         kind, cases = parsed
         if kind == "asserts":
-            token = secrets.token_hex(16)
-            plans.append((row, kind, (cases, token), len(jobs)))
-            jobs.append(Job(_assert_program(code, cases, entry or None), token + "\n", limits))
+            plans.append((row, kind, cases, len(jobs)))
+            jobs.append(_pair_job(code, cases, entry or None, contexts[row], limits))
         else:
             big = max(len(c["output"]) for c in cases)
             io_limits = limits if big * 2 + 65536 <= limits.max_output_bytes else Limits(
@@ -328,13 +357,12 @@ def code_reward(completions: list[str], tests: list | None = None, entry_point=N
 
     for row, kind, payload, first in plans:
         if kind == "asserts":
-            cases, token = payload
-            ex = results[first]
-            if ex.status == SANDBOX_ERROR:
-                out[row] = Scored(None, ex.reason)
+            judge, program = results[first]
+            if SANDBOX_ERROR in (judge.status, program.status):
+                out[row] = Scored(None, judge.reason if judge.status == SANDBOX_ERROR else program.reason)
                 continue
-            total = len(cases)
-            passed, why = _score_asserts(ex, token, total, timeout_s)
+            total = len(payload)
+            passed, why = _score_asserts(judge, program, total, timeout_s)
         else:
             cases, tol = payload
             total, passed, why = len(cases), 0, ""

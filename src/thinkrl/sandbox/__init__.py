@@ -2,6 +2,7 @@
 every layer the machine allows, killed with everything it started when the run ends.
 
     run_python(code, stdin="", limits=Limits()) -> Execution
+    run_pair(judge_code, judge_input, program_code, limits) -> (Execution, Execution)
     SandboxPool(workers=None).map([Job(code, stdin), ...]) -> list[Execution]
     isolation() -> Isolation        # which layers are active here (detected once, cached)
 
@@ -89,10 +90,13 @@ Modules, one concept each:
 - `slots`: the dedicated uids (one run at a time each, locked across processes) and the /proc
   bookkeeping that finds, kills and sweeps up what a run left behind.
 - `run`: `run_python`, the parent side of one run: spawn, limits, output capture, kill, verdict.
-- `pool`: `SandboxPool` and `default_pool()`, many runs at once.
+- `pair`: `run_pair` and `PairJob`, two runs (a judge and a program) that exchange lines only
+  through the parent, which relays them; only the judge's own output is its result.
+- `pool`: `SandboxPool` and `default_pool()`, many runs (and pairs) at once.
 """
 
 from .detect import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, Isolation, isolation
+from .pair import PairJob, run_pair
 from .pool import SandboxPool, default_pool
 from .records import (DISK_LIMIT, ERROR, KILLED, MEMORY, OK, OUTPUT_LIMIT, REFUSED, SANDBOX_ERROR, TIMEOUT,
                       Execution, Job, Limits)

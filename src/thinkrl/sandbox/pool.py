@@ -1,5 +1,5 @@
-"""`SandboxPool`: many sandboxed runs at once, one per worker thread; and `default_pool()`, the
-process-wide pool."""
+"""`SandboxPool`: many sandboxed runs (single runs, and judge/program pairs) at once, one per
+worker thread; and `default_pool()`, the process-wide pool."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable
 
+from .pair import PairJob, run_pair
 from .records import Execution, Job, Limits
 from .run import run_python
 
@@ -33,10 +34,19 @@ class SandboxPool:
                audit_hook: bool = True) -> Future:
         return self._executor.submit(run_python, code, stdin, limits, audit_hook=audit_hook)
 
-    def map(self, jobs: Iterable[Job | str]) -> list[Execution]:
-        """Run every job (a `Job`, or just the code), in parallel; results in order."""
+    def submit_pair(self, job: PairJob) -> Future:
+        """A judge/program pair (`sandbox.pair`); its result is (judge's Execution, program's)."""
+        return self._executor.submit(run_pair, job.judge, job.judge_input, job.program, job.limits,
+                                     audit_hook=job.audit_hook)
+
+    def map(self, jobs: Iterable[Job | PairJob | str]) -> list[Execution | tuple[Execution, Execution]]:
+        """Run every job (a `Job`, or just the code; or a `PairJob`, whose result is a pair of
+        Executions), in parallel; results in order."""
         futures = []
         for job in jobs:
+            if isinstance(job, PairJob):
+                futures.append(self.submit_pair(job))
+                continue
             job = Job(job) if isinstance(job, str) else Job(*job)
             futures.append(self.submit(job.code, job.stdin, job.limits, audit_hook=job.audit_hook))
         return [f.result() for f in futures]

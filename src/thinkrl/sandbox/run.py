@@ -56,11 +56,35 @@ def _rlimits(limits: Limits, iso: Isolation) -> list[tuple[str, int, int]]:
 
 def _execute(code: str, stdin: str | bytes, limits: Limits, *, audit_hook: bool, iso: Isolation,
              extra_env: dict | None = None) -> Execution:
-    start = time.monotonic()
-    uid = fd = None
+    run = _start(code, limits, audit_hook=audit_hook, iso=iso, extra_env=extra_env)
+    if isinstance(run, Execution):
+        return run
+    data = stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else bytes(stdin)
+    drove = None
+    try:
+        drove = _drive(run.proc, data, limits, run.start, disk_dir=_polled_dir(run.iso, run.tmp))
+    finally:
+        ex = _finish(run, drove)
+    return ex
+
+
+class _Run:
+    """A started run: the bootstrap's process and what `_finish` releases."""
+
+    def __init__(self, proc, uid, lock_fd, tmp, started_r, run_id, start, limits, iso):
+        self.proc, self.uid, self.lock_fd, self.tmp, self.started_r = proc, uid, lock_fd, tmp, started_r
+        self.run_id, self.start, self.limits, self.iso = run_id, start, limits, iso
+
+
+def _start(code: str, limits: Limits, *, audit_hook: bool, iso: Isolation, extra_env: dict | None = None,
+           slot: tuple[int, int | None] | None = None, start: float | None = None) -> _Run | Execution:
+    """Prepare the private directory, take a uid slot (or use `slot`, which it then owns), spawn
+    the bootstrap with its stdin/stdout/stderr on pipes. Returns the `_Run` (end it with
+    `_finish`), or a sandbox_error `Execution` when it could not start (all released)."""
+    start = time.monotonic() if start is None else start
+    uid = fd = tmp = started_r = None
     if iso.dedicated_uids:
-        uid, fd = slots._slots.acquire(iso.uids)
-    tmp = None
+        uid, fd = slot if slot is not None else slots._slots.acquire(iso.uids)
     try:
         try:
             tmp = os.path.realpath(tempfile.mkdtemp(prefix="thinkrl-sandbox-"))
@@ -83,37 +107,51 @@ def _execute(code: str, stdin: str | bytes, limits: Limits, *, audit_hook: bool,
                "hook": audit_hook, "rlimits": _rlimits(limits, iso), "started_fd": started_w,
                "marker": _MARKER, "setup_exit": _SETUP_EXIT, "disk": limits.max_disk_mb * 2 ** 20,
                "proc": iso.private_proc}
-        data = stdin.encode("utf-8", "surrogateescape") if isinstance(stdin, str) else bytes(stdin)
         try:
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _BOOTSTRAP, repr(cfg)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env,
-                    start_new_session=True, close_fds=True, pass_fds=(started_w,))
-            except OSError as e:
-                return Execution(SANDBOX_ERROR, None, "", "", f"sandbox: cannot start the interpreter: {e}",
-                                 time.monotonic() - start)
-            finally:
-                os.close(started_w)
-            try:
-                out, err, verdict = _drive(proc, data, limits, start, disk_dir=_polled_dir(iso, tmp))
-            finally:
-                _cleanup(proc, uid, None if iso.contains_processes else f"THINKRL_SANDBOX_RUN={run_id}".encode())
-            os.set_blocking(started_r, False)
-            try:
-                started = os.read(started_r, 1) == b"1"
-            except BlockingIOError:
-                started = False
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", "-X", "utf8", "-c", _BOOTSTRAP, repr(cfg)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env,
+                start_new_session=True, close_fds=True, pass_fds=(started_w,))
+        except OSError as e:
+            return Execution(SANDBOX_ERROR, None, "", "", f"sandbox: cannot start the interpreter: {e}",
+                             time.monotonic() - start)
         finally:
+            os.close(started_w)
+        run = _Run(proc, uid, fd, tmp, started_r, run_id, start, limits, iso)
+        uid = tmp = started_r = None  # the run owns them now
+        return run
+    finally:  # only where no run was made
+        if started_r is not None:
             os.close(started_r)
-        return _classify(proc.returncode, out, err, verdict, limits, time.monotonic() - start, started)
-    finally:
         if tmp is not None:
             _rmtree(tmp)
         if uid is not None:
             _sweep_shared_dirs(uid)
             slots._slots.release(uid, fd)
 
+
+def _finish(run: _Run, drove: tuple[bytes, bytes, str | None] | None) -> Execution:
+    """End a started run: kill everything it started, sweep, classify (`drove` is what its
+    driver collected: (stdout, stderr, verdict), or None when the driver failed), remove its
+    directory and release its slot."""
+    try:
+        try:
+            _cleanup(run.proc, run.uid, None if run.iso.contains_processes
+                     else f"THINKRL_SANDBOX_RUN={run.run_id}".encode())
+            os.set_blocking(run.started_r, False)
+            try:
+                started = os.read(run.started_r, 1) == b"1"
+            except BlockingIOError:
+                started = False
+        finally:
+            os.close(run.started_r)
+        out, err, verdict = drove if drove is not None else (b"", b"", None)
+        return _classify(run.proc.returncode, out, err, verdict, run.limits, time.monotonic() - run.start, started)
+    finally:
+        _rmtree(run.tmp)
+        if run.uid is not None:
+            _sweep_shared_dirs(run.uid)
+            slots._slots.release(run.uid, run.lock_fd)
 
 
 def _exited(pid: int) -> bool:
