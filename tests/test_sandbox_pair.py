@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from thinkrl.sandbox import Job, Limits, PairJob, SandboxPool, isolation, run_pair
 from thinkrl.sandbox import slots
 
@@ -50,7 +52,7 @@ def test_one_wall_clock_for_the_pair():
 
 def test_the_program_cannot_reach_the_judges_files():
     if not isolation().dedicated_uids:
-        return  # without a uid per run, file permissions do not separate them (the hook still refuses writes)
+        pytest.skip("without a uid per run, file permissions do not separate the two runs")
     judge = "import os\nopen('secret.txt', 'w').write('42')\nprint('C ' + os.getcwd(), flush=True)\n" \
             "import sys\nprint('heard:', sys.stdin.readline().strip())"
     program = ("import sys\npath = sys.stdin.readline().strip()\ntry:\n    print(open(path + '/secret.txt').read())\n"
