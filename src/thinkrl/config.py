@@ -8,13 +8,14 @@ printed at start. The defaults are the main job: R1-Zero on the embedded tiny mo
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from . import checks
 
 
 class ConfigError(ValueError):
@@ -154,11 +155,6 @@ class Config:
 # ---------------------------------------------------------------------------- loading
 
 
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-
-
 def _coerce(value, typ, where: str):
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
@@ -168,14 +164,19 @@ def _coerce(value, typ, where: str):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if typ is float:
+        number = None
         if isinstance(value, str):  # YAML reads 3e-6 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        if number is None:
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(number):  # .inf or .nan: no setting of thinkrl means anything by them
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return number
     if typ in (int, str, bool):
         if typ is int and isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -205,7 +206,7 @@ def _apply(obj, values: dict, prefix: str = "") -> None:
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown config key '{where}'" + _suggest(key, names))
+            raise ConfigError(f"unknown config key '{where}'" + checks.suggest(key, names))
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -225,10 +226,38 @@ def parse_overrides(overrides: list[str]) -> dict:
         path, raw = item.split("=", 1)
         node = out
         parts = path.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            if not isinstance(node, dict):
+                head = ".".join(parts[:i + 1])
+                raise ConfigError(f"override {item!r} sets a key inside '{head}', but an earlier override set "
+                                  f"'{head}' itself to {node!r}; drop '{head}={node}' ('{head}' is set key by key: "
+                                  f"{head}.KEY=VALUE)")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                              "quote it, e.g. key='text'") from None
     return out
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's contents. ConfigError, naming the file and line, for a file that is not
+    UTF-8 or not valid YAML (a tab in the indentation, an unclosed bracket, ...)."""
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        hint = "; YAML indents with spaces, never tabs" if "\\t" in problem or "\t" in problem else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
 
 
 def load_into(obj, path: str | Path | None = None, overrides: list[str] | None = None):
@@ -236,7 +265,7 @@ def load_into(obj, path: str | Path | None = None, overrides: list[str] | None =
     `section.key=value` overrides; unknown keys and wrong types raise ConfigError. No
     validation: the caller validates what it loaded."""
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
         _apply(obj, data)
@@ -311,31 +340,15 @@ def validate(cfg: Config) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1 (the newest complete checkpoint is always kept)")
     need(e.samples >= 1, "eval.samples must be >= 1")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r}: use auto, float32 or bfloat16")
-    need(bool(cfg.rewards.weights), "rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
-    from .rewards import REWARDS
-
-    named = {name: "rewards.weights" for name in cfg.rewards.weights}
-    for kind, weights in cfg.rewards.by_type.items():
-        need(bool(weights), f"rewards.by_type.{kind} is empty; name its rewards, e.g. {{accuracy: 1.0}}")
-        named.update({name: f"rewards.by_type.{kind}" for name in weights if name not in named})
-    for name, where in named.items():
-        need(name in REWARDS or ":" in name,
-             f"{where} names unknown reward {name!r}" + _suggest(name, sorted(REWARDS))
-             + " (or give an import path package.module:function)")
-    for name, params in cfg.rewards.params.items():
-        need(name in named, f"rewards.params.{name} sets a reward that is not in rewards.weights or rewards.by_type"
-             + _suggest(name, sorted(named)))
-        need(isinstance(params, dict), f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
-    need(cfg.rewards.timeout_s > 0, "rewards.timeout_s must be > 0 seconds")
-    for name in ("overlong", "cosine_length"):  # length shaping must be able to reach the budget
-        if name in cfg.rewards.weights and name in REWARDS:
-            limit = cfg.rewards.params.get(name, {}).get("max_length")
-            if limit is None:
-                limit = inspect.signature(REWARDS[name]).parameters["max_length"].default
-            need(limit <= r.max_new_tokens,
-                 f"the {name} reward's max_length is {limit} but completions stop at rollout.max_new_tokens="
-                 f"{r.max_new_tokens}, so its length shaping never applies; set rewards.params.{name}.max_length="
-                 f"{r.max_new_tokens}")
+    need(t.threads >= 0, f"train.threads={t.threads}: give a number of CPU threads >= 1, or 0 for torch's default")
+    need(opt.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    need(all(0 <= b < 1 for b in opt.betas), f"optim.betas {list(opt.betas)}: each must be in [0, 1), e.g. [0.9, 0.99]")
+    need(cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all)")
+    need(e.batch_size >= 1, "eval.batch_size must be >= 1")
+    errors += checks.device_problems(cfg.model.device)
+    errors += checks.model_path_problems(cfg.model.path) + checks.model_path_problems(cfg.model.tokenizer,
+                                                                                     "model.tokenizer")
+    errors += checks.reward_problems(cfg.rewards, r.max_new_tokens)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 

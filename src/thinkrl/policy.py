@@ -33,13 +33,27 @@ def resolve_model_path(path: str) -> str:
     return path
 
 
+class ModelNotFound(ValueError):
+    """A model or tokenizer that cannot be loaded from where its path says; the message says
+    what to give instead."""
+
+
+def _from_pretrained(cls, path: str, what: str, **kwargs):
+    try:
+        return cls.from_pretrained(resolve_model_path(path), **kwargs)
+    except OSError as e:  # transformers' "not a local folder and not a model on the hub", unreachable hub, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelNotFound(f"cannot load the {what} {path!r}: {first} -- give a local model directory (with "
+                            "config.json), 'embedded', or a hub id such as Qwen/Qwen2.5-0.5B") from None
+
+
 def load_model(path: str, device: torch.device, requires_grad: bool = True):
     """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # thinkrl shows its own progress
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch.float32)
+    model = _from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch.float32)
     model.to(device)
     if not requires_grad:
         model.eval().requires_grad_(False)
@@ -49,7 +63,7 @@ def load_model(path: str, device: torch.device, requires_grad: bool = True):
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    tok = _from_pretrained(AutoTokenizer, path, "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

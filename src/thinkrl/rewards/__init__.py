@@ -34,7 +34,6 @@ path `package.module:function` for a user's own.
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 from .code import code_reward
@@ -44,6 +43,7 @@ from .length import cosine_length_reward, overlong_penalty_reward
 from .math import accuracy_reward
 from .model import harmlessness_reward, helpfulness_reward, reward_model_reward
 from .repetition import repetition_penalty_reward
+from .user import import_reward_module
 
 Reward = Callable[..., list]
 
@@ -63,9 +63,11 @@ REWARDS: dict[str, Reward] = {
 }
 
 
-def get_reward(name_or_path: str) -> Reward:
+def get_reward(name_or_path: str, import_timeout_s: float | None = None) -> Reward:
     """A registered reward by name (`"accuracy"`), or a user's callable by import path
-    (`"package.module:function"`). ValueError, naming the registered rewards, otherwise."""
+    (`"package.module:function"`). ValueError, naming the registered rewards, otherwise.
+    With `import_timeout_s`, a user's module is first imported in a throw-away interpreter
+    within that many seconds (`rewards.user`): one that blocks or exits at import is an error."""
     name = str(name_or_path).strip()
     if name in REWARDS:
         return REWARDS[name]
@@ -73,10 +75,9 @@ def get_reward(name_or_path: str) -> Reward:
         module, _, attr = name.partition(":")
         if not module or not attr:
             raise ValueError(f"bad reward import path {name!r}; expected package.module:function")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"cannot import reward {name!r}: {e}") from None
+        fn = getattr(import_reward_module(module, name, import_timeout_s), attr, None)
+        if fn is None:
+            raise ValueError(f"cannot import reward {name!r}: module {module!r} has no attribute {attr!r}")
         if not callable(fn):
             raise ValueError(f"reward {name!r} is not callable")
         return fn

@@ -11,7 +11,9 @@ A reward is a plain callable (TRL's contract):
 - every other dataset column arrives as a keyword argument of the same name, a list aligned
   with `completions` (`answer=`, `tests=`, `level=`, ...).
 - a reward's own settings (`rewards.params.<name>` in the config) arrive as keyword
-  arguments too.
+  arguments too. Name them as parameters: they are checked at start against the signature
+  (`rewards.settings`; a setting a reward does not name is refused, unless it is a user's
+  reward that takes `**kwargs`), and the registered rewards refuse impossible values there.
 - A reward must accept and ignore keywords it does not use (`**kwargs`).
 - It returns one value per completion: a float, or None for "not applicable" (the reference
   cannot be parsed, the row is not of this reward's kind). None is never counted as a reward.

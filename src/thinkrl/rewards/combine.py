@@ -6,8 +6,11 @@ logged with its input and scores `on_error` (default 0; None = not applicable) f
 batch: it never kills the run. The built-in rewards bound their own work (math verification
 in time-limited workers, code in the sandbox). A user's reward, named by import path, runs
 in a worker process of its own when `isolate` is on (the default), so that a hang is killed
-at the limit; with `isolate` off it runs in a thread of the training process and a hang is
-abandoned at the limit (its thread cannot be killed).
+at the limit; with `isolate` off it runs in a daemon thread of the training process and a
+hang is abandoned at the limit (its thread cannot be killed, but cannot keep the process
+alive either). A user's module is imported within `timeout_s` too (`rewards.user`), and each
+reward's settings are checked at start (`rewards.settings`): a misspelt or impossible one is
+a ValueError, not a run that scores `on_error` throughout.
 
 None ("not applicable") adds nothing to the total and is left out of that reward's mean. A
 NaN or inf value is counted in `nonfinite` (the trainer skips such a step) and kept as None.
@@ -17,12 +20,34 @@ from __future__ import annotations
 
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import threading
 
 from .base import Scored, scores_of
 
 log = logging.getLogger("thinkrl.rewards")
+
+
+def _in_daemon_thread(name: str, timeout_s: float, fn, *args, **kwargs):
+    """fn(*args, **kwargs) in a daemon thread, waited for `timeout_s`: past it the thread is
+    abandoned, and being a daemon it cannot keep the process alive at exit (a
+    ThreadPoolExecutor's worker would: the interpreter joins it before exiting)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller)
+            box["error"] = e
+
+    t = threading.Thread(target=target, name=f"reward-{name}", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise TimeoutError(f"no result within {timeout_s:g} s (its thread is abandoned)")
+    if "error" in box:  # a SystemExit in the reward must not end the caller: it is a failed batch
+        e = box["error"]
+        raise e if isinstance(e, Exception) else RuntimeError(f"{type(e).__name__}: {e}")
+    return box["value"]
 
 
 def _call_reward(name: str, completions: list[str], kwargs: dict) -> list[Scored]:
@@ -36,11 +61,16 @@ class WeightedRewards:
     def __init__(self, weights: dict[str, float], params: dict[str, dict] | None = None,
                  timeout_s: float = 60.0, on_error: float | None = 0.0, isolate: bool = True):
         from . import REWARDS, get_reward
+        from .settings import check_settings
 
         self.weights = dict(weights)
         self.params = {name: dict((params or {}).get(name) or {}) for name in weights}
-        self.fns = {name: get_reward(name) for name in weights}
+        self.fns = {name: get_reward(name, import_timeout_s=timeout_s) for name in weights}
         self.builtin = {name: name in REWARDS for name in weights}
+        problems = [p for name in weights for p in check_settings(name, self.fns[name], self.params[name],
+                                                                  self.builtin[name])]
+        if problems:
+            raise ValueError("; ".join(problems))
         self.timeout_s, self.on_error, self.isolate = timeout_s, on_error, isolate
         self.errors = {name: 0 for name in weights}  # batches that failed, per reward
         self.nonfinite = {name: 0 for name in weights}  # NaN/inf values in the last call, per reward
@@ -55,13 +85,7 @@ class WeightedRewards:
             if outcome.status != "ok":
                 raise RuntimeError(outcome.value)
             return outcome.value
-        ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reward-{name}")
-        try:
-            return ex.submit(scores_of, self.fns[name], completions, **kwargs).result(timeout=self.timeout_s)
-        except FutureTimeout:
-            raise TimeoutError(f"no result within {self.timeout_s:g} s (its thread is abandoned)") from None
-        finally:
-            ex.shutdown(wait=False)
+        return _in_daemon_thread(name, self.timeout_s, scores_of, self.fns[name], completions, **kwargs)
 
     def scores(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
                completion_lengths: list[int] | None = None) -> dict[str, list[Scored]]:

@@ -9,8 +9,9 @@ each task with a wall-clock limit. A task that runs past its limit has its worke
 replaced; it comes back as `Outcome("timeout")`. A worker that dies (a segfault, the memory
 limit) comes back as `Outcome("error")`. The caller decides what a failed task scores.
 
-Each worker has an address-space limit (`memory_mb`), so a runaway computation fails with
-MemoryError in the worker instead of swapping the host.
+Workers die with the process that started them, even one killed by SIGKILL mid-task
+(`_die_with_parent`). Each worker has an address-space limit (`memory_mb`), so a runaway
+computation fails with MemoryError in the worker instead of swapping the host.
 
 Tasks are a module-level function and its arguments (pickled by reference, as
 multiprocessing does). Workers start when first needed and wait for their warm-up import
@@ -35,9 +36,36 @@ class Outcome(NamedTuple):
     value: Any = None  # the result for "ok"; "Type: message" for "error"
 
 
-def _serve(fd: int, warmup: str, memory_mb: int):
+def _die_with_parent(parent: int, deathsig: bool) -> None:
+    """A worker must not outlive the process that started it (a `kill -9` of the trainer while
+    a task hangs would leave it running, adopted by init). The kernel kills it when its parent
+    dies (Linux's PR_SET_PDEATHSIG, asked for only when the parent started it from its main
+    thread: the signal follows the starting thread, not the process); and a watchdog thread
+    ends it once its parent process is gone, wherever that is unavailable."""
+    if deathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the above took effect
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _serve(fd: int, warmup: str, memory_mb: int, parent: int = 0, deathsig: bool = False):
     """A worker's loop: run (fn, args) tasks until told to stop (None) or the socket closes
-    (the parent is gone)."""
+    (the parent is gone); it dies with `parent` (the starting process's pid) in any case."""
+    if parent:
+        _die_with_parent(parent, deathsig)
     conn = Connection(fd)
     if memory_mb:
         try:
@@ -75,9 +103,11 @@ class _Worker:
     def __init__(self, warmup: str | None, memory_mb: int):
         ours, theirs = socket.socketpair()
         code = ("import sys; from thinkrl.rewards.pool import _serve; "
-                "_serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))")
+                "_serve(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1')")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), warmup or "", str(memory_mb)],
+        deathsig = threading.current_thread() is threading.main_thread()
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), warmup or "", str(memory_mb),
+                                      str(os.getpid()), "1" if deathsig else "0"],
                                      pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.conn = Connection(ours.detach())
