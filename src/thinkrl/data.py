@@ -23,22 +23,25 @@ def read_jsonl(path: str | Path, check, on_bad_row: str = "error", empty: str = 
                what: str = "") -> tuple[list[tuple[int, dict]], int]:
     """([(line number, row)] for every usable line, number of bad lines skipped) of a JSONL file: the one reader behind every
     dataset thinkrl loads. `check(row)` says why a parsed JSON object is not usable (None if it
-    is). A bad line (not JSON, not an object, refused by `check`) raises DataError naming the
+    is). A bad line (not UTF-8, not JSON, not an object, refused by `check`) raises DataError naming the
     file and line; with on_bad_row="skip" it is skipped and counted in a warning. No usable line
     at all raises DataError with `empty`; a missing file names `what` the path should be."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" + (f" ({what})" if what else ""))
     rows, bad = [], []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                problem = check(row) if isinstance(row, dict) else "each line must be a JSON object"
-            except json.JSONDecodeError as e:
-                row, problem = None, f"not valid JSON ({e.msg})"
+    with path.open("rb") as f:  # decoded line by line: a line that is not UTF-8 is a bad line, never replaced
+        for lineno, raw in enumerate(f, 1):
+            line, problem = decode_line(raw)
+            row = None
+            if problem is None:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    problem = check(row) if isinstance(row, dict) else "each line must be a JSON object"
+                except json.JSONDecodeError as e:
+                    problem = f"not valid JSON ({e.msg})"
             if problem is not None:
                 if on_bad_row != "skip":
                     raise DataError(f"{path}:{lineno}: {problem}; or set data.on_bad_row=skip to skip such lines")
@@ -53,10 +56,22 @@ def read_jsonl(path: str | Path, check, on_bad_row: str = "error", empty: str = 
     return rows, len(bad)
 
 
+def decode_line(raw: bytes) -> tuple[str, str | None]:
+    """(text, None) for a line of UTF-8, ("", why) for one that is not."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return "", f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8"
+
+
 def missing_field(row: dict, fields, hint: str) -> str | None:
-    """The usual `check` for required columns: names the first one missing and the fields present."""
+    """The usual `check` for required columns: names the first one missing (or null) and the
+    fields present."""
     missing = [name for name in fields if name not in row]
-    return f"missing field {missing[0]!r} (fields present: {sorted(row)}); {hint}" if missing else None
+    if missing:
+        return f"missing field {missing[0]!r} (fields present: {sorted(row)}); {hint}"
+    null = [name for name in fields if row[name] is None]
+    return f"field {null[0]!r} is null; give it a value, or drop the row" if null else None
 
 
 def load_jsonl(path: str | Path, question_field: str = "question", answer_field: str = "answer",

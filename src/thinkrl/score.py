@@ -9,7 +9,8 @@ column a reward reads. Output: one JSONL row per input row, in order:
 
 `reasons` holds a reason for each zero or None (and for any other value its reward
 explains). A line that is not a JSON object, or has no `completion`, gives
-`{"line": N, "error": "..."}` instead, and is counted.
+`{"line": N, "error": "..."}` instead, and is counted. A line that is not UTF-8 stops the
+scoring with an error naming it (no output is written), as does an `--out` that is the input.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from .data import DataError, decode_line
 from .rewards.combine import WeightedRewards
 
 BATCH = 256
 
 
 def _read(path: Path):
-    """(line number, row or None, error) for each non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    """(line number, row or None, error) for each non-blank line. DataError, naming the line,
+    for one that is not UTF-8 (its text cannot be scored, and must not be silently replaced)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line, problem = decode_line(raw)
+            if problem is not None:
+                raise DataError(f"{path}:{n}: {problem}")
             if not line.strip():
                 continue
             try:
@@ -48,8 +54,10 @@ def score_file(rewards: list[str], data: str | Path, out: str | Path, params: di
     """Scores every row of `data` with each named reward, writes `out` (atomically), and
     returns a summary: {reward: {n, mean, zeros, not_applicable, reasons: {reason: count}}},
     plus the counts of rows and of bad lines."""
-    scorer = WeightedRewards({name: 1.0 for name in rewards}, params, timeout_s=timeout_s)
     out = Path(out)
+    if out.resolve() == Path(data).resolve() or (out.exists() and os.path.samefile(out, data)):
+        raise ValueError(f"--out {out} is the input file {data}; write the scores to another file")
+    scorer = WeightedRewards({name: 1.0 for name in rewards}, params, timeout_s=timeout_s)
     tmp = out.with_name(out.name + ".tmp")
     summary = {name: {"n": 0, "sum": 0.0, "zeros": 0, "not_applicable": 0, "reasons": Counter()} for name in rewards}
     n_rows = n_bad = 0
@@ -78,21 +86,25 @@ def score_file(rewards: list[str], data: str | Path, out: str | Path, params: di
                     s["reasons"][reasons[name]] += 1
         pending.clear()
 
-    with open(tmp, "w", encoding="utf-8") as f:
-        for n, row, error in _read(Path(data)):
-            if error is not None:
-                flush(f)
-                f.write(json.dumps({"line": n, "error": error}) + "\n")
-                n_bad += 1
-                continue
-            pending.append((n, row))
-            n_rows += 1
-            if len(pending) >= BATCH:
-                flush(f)
-        flush(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for n, row, error in _read(Path(data)):
+                if error is not None:
+                    flush(f)
+                    f.write(json.dumps({"line": n, "error": error}) + "\n")
+                    n_bad += 1
+                    continue
+                pending.append((n, row))
+                n_rows += 1
+                if len(pending) >= BATCH:
+                    flush(f)
+            flush(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:  # no half-written output left behind, whatever stopped it
+        tmp.unlink(missing_ok=True)
+        raise
     result: dict = {"rows": n_rows, "bad_lines": n_bad, "rewards": {}}
     for name, s in summary.items():
         result["rewards"][name] = {"n": s["n"], "mean": s["sum"] / s["n"] if s["n"] else None, "zeros": s["zeros"],

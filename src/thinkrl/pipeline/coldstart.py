@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", help="shortcut for prompts.data=... ('embedded' or a JSONL path)")
     p.add_argument("--mode", choices=MODES, help="shortcut for mode=...")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. sampling.n=8 few_shot.shots=2")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides anywhere among the flags
     overrides = list(args.overrides)
     for key, value in (("model", args.model), ("prompts.data", args.prompts), ("mode", args.mode)):
         if value is not None:

@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="shortcut for checkpoint=... (a run or checkpoint directory, a model)")
     p.add_argument("--prompts", help="shortcut for prompts.data=... ('embedded' or a JSONL path)")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. sampling.n=16 judge.method=judge")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides anywhere among the flags
     overrides = list(args.overrides)
     for key, value in (("checkpoint", args.checkpoint), ("prompts.data", args.prompts)):
         if value is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import ConfigError, read_yaml
 from .graph import Graph, PipelineError, Stage, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")
@@ -110,7 +111,10 @@ def load_stages(path: str | None, overrides: list[str]) -> list[Stage]:
     if path is None:  # a copy per stage: stages share setting dicts, and an override must reach one stage
         stages = [Stage(s.name, s.kind, copy.deepcopy(s.settings)) for s in default_stages()]
     else:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data = read_yaml(path) or {}
+        except (ConfigError, OSError) as e:
+            raise PipelineError(str(e)) from None
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             raise PipelineError(f"{path}: expected a mapping `stages:` of NAME: {{kind: ..., settings: {{...}}}}")
         stages = []
@@ -129,7 +133,12 @@ def load_stages(path: str | None, overrides: list[str]) -> list[Stage]:
         node = by_name[name].settings
         for k in keys[:-1]:
             node = node.setdefault(k, {})
-        node[keys[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise PipelineError(f"override {item!r}: '{k}' of stage {name!r} is {node!r}, not a section")
+        try:
+            node[keys[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise PipelineError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
     return stages
 
 
@@ -143,7 +152,26 @@ def build(path: str | None, overrides: list[str], out: str | Path) -> Graph:
 
     shipped = [_file_digest(str(d / "model.safetensors")) for d in (TINY_DIR, STUDENT_DIR)]
     code = _file_digest(str(Path(__file__).resolve().parent.parent))  # thinkrl's own source: code is an input too
-    return Graph(load_stages(path, overrides), KINDS, out, version=f"{__version__}+{'+'.join(shipped)}+{code}")
+    stages = load_stages(path, overrides)
+    check_stages(stages)
+    return Graph(stages, KINDS, out, version=f"{__version__}+{'+'.join(shipped)}+{code}")
+
+
+def check_stages(stages: list[Stage]) -> None:
+    """Every stage's settings validated before any stage runs (and for --plan): a wrong key
+    or value in the last stage must not be found after hours of the earlier ones."""
+    from ..config import ConfigError
+    from .stages import check
+
+    errors = []
+    for s in stages:
+        try:
+            check(s.kind, s.settings)
+        except (ConfigError, TypeError, ValueError) as e:
+            errors.append(f"stage {s.name!r} ({s.kind}): {e}".replace("\n", "\n    "))
+    if errors:
+        raise PipelineError("the settings of " + ("a stage are" if len(errors) == 1 else "some stages are")
+                            + " invalid; nothing was run:\n  " + "\n  ".join(errors))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU threads for torch (default 1: the tiny models gain little from a second thread and lose "
                          "10-20x when another process competes for the cores; 0 = torch's default)")
     ap.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. zero.train.steps=50")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
     if args.threads:
         import torch
 

@@ -144,6 +144,22 @@ def report(ctx: StageContext) -> dict:
     return write_table(ctx.settings, ctx.out)
 
 
+def check(kind: str, settings: dict) -> None:
+    """Validates a stage's settings as its kind will read them, without running anything:
+    ConfigError (a ValueError) for a key that does not exist, a value of the wrong type, or an
+    impossible one. References to other stages' outputs (`${zero.model}`) are left as they are."""
+    from .. import config, distill, reward_model, sft
+    from . import coldstart as cs
+    from . import reject as rj
+
+    made = {"grpo": (config.Config, config.validate), "sft": (sft.SFTConfig, sft.validate_sft),
+            "rm": (reward_model.RMConfig, reward_model.validate), "coldstart": (cs.ColdStartConfig, cs.validate),
+            "reject": (rj.RejectConfig, rj.validate), "distill": (distill.DistillConfig, distill.validate)}
+    if kind in made:  # the other kinds (general, mix, eval, report) take a few plain settings
+        cls, validate = made[kind]
+        validate(_fill(cls(), settings))
+
+
 KINDS = {"grpo": grpo, "sft": sft, "coldstart": coldstart, "reject": reject, "general": general_data,
          "rm": reward_model, "mix": mix, "distill": distill, "eval": evaluate, "report": report}
 
