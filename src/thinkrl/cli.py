@@ -99,9 +99,12 @@ def _score(args) -> int:
     from .score import format_summary, score_file
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
+    if not 0 < args.timeout < float("inf"):
+        print(f"thinkrl score: --timeout must be a positive number of seconds, got {args.timeout}", file=sys.stderr)
+        return 2
     try:
-        for name in names:
-            get_reward(name)
+        for name in names:  # a user's module is imported within --timeout (one that hangs or exits is an error)
+            get_reward(name, import_timeout_s=args.timeout)
         params = parse_overrides(args.param)
     except (ValueError, ConfigError) as e:
         print(f"thinkrl score: {e}", file=sys.stderr)
@@ -114,7 +117,11 @@ def _score(args) -> int:
     if not Path(args.data).is_file():
         print(f"thinkrl score: no such file {args.data}", file=sys.stderr)
         return 2
-    result = score_file(names, args.data, args.out, params, timeout_s=args.timeout)
+    try:  # settings a reward does not take or refuses, an --out that is the input, data that is not UTF-8
+        result = score_file(names, args.data, args.out, params, timeout_s=args.timeout)
+    except (ValueError, OSError) as e:
+        print(f"thinkrl score: {e}", file=sys.stderr)
+        return 2
     print(format_summary(result))
     print(f"thinkrl score: wrote {args.out}")
     return 0
@@ -125,8 +132,8 @@ def _eval(args) -> int:
     from .evaluation.run import EvalSettings, format_results, run_eval
 
     names = [b.strip() for arg in args.benchmark for b in arg.split(",") if b.strip()]
-    if args.samples < 1 or (args.limit is not None and args.limit < 1):
-        print("thinkrl eval: --samples and --limit must be >= 1", file=sys.stderr)
+    if args.samples < 1 or args.batch_size < 1 or any(v is not None and v < 1 for v in (args.limit, args.max_new_tokens)):
+        print("thinkrl eval: --samples, --limit, --max-new-tokens and --batch-size must be >= 1", file=sys.stderr)
         return 2
     if not (args.temperature > 0 and 0 < args.top_p <= 1):
         print("thinkrl eval: --temperature must be > 0 (the R1 protocol samples, never greedy) and --top-p in (0, 1]",
@@ -188,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
         p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=1e-5 rollout.group_size=16")
 
-    training_args(sub.add_parser("zero", help="R1-Zero GRPO on the embedded tiny model and task (the main job)"))
+    p_zero = sub.add_parser("zero", help="R1-Zero GRPO on the embedded tiny model and task (the main job)")
+    training_args(p_zero)
     p_train = sub.add_parser("train", help="GRPO on any transformers causal LM from a YAML config")
     p_train.add_argument("--config", required=False, help="YAML config (see configs/)")
     training_args(p_train)
@@ -232,7 +240,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return importlib.import_module(STAGE_MODULES[argv[0]], __package__).main(argv[1:]) or 0
 
-    args = parser.parse_args(argv)
+    if argv and argv[0] in ("zero", "train"):  # section.key=value overrides anywhere among the flags
+        args = {"zero": p_zero, "train": p_train}[argv[0]].parse_intermixed_args(argv[1:])
+        args.command = argv[0]
+    else:
+        args = parser.parse_args(argv)
     if args.command == "zero":
         return _run_training(args, None)
     if args.command == "train":

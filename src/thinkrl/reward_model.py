@@ -522,7 +522,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help="run directory (default runs/rm-TIMESTAMP)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.part=summary train.steps=200")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
     from .data import DataError
 
     overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
