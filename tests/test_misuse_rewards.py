@@ -67,11 +67,15 @@ def test_a_reward_module_that_exits_at_import_fails_saying_so(tmp_path, exit_cal
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_a_reward_module_whose_import_raises_is_one_line_and_code_2(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["score", "zero"])
+def test_a_reward_module_whose_import_raises_is_one_line_and_code_2(tmp_path, monkeypatch, capsys, command):
     data = user_module(tmp_path, "raiser_at_import", "raise RuntimeError('no licence key found')")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert main(["score", "--rewards", "raiser_at_import:reward", "--data", str(data),
-                 "--out", str(tmp_path / "o.jsonl")]) == 2
+    if command == "score":
+        args = ["score", "--rewards", "raiser_at_import:reward", "--data", str(data), "--out", str(tmp_path / "o")]
+    else:
+        args = ["zero", "--out", str(tmp_path / "run"), *TINY, "rewards.weights={raiser_at_import:reward: 1.0}"]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("thinkrl") and len(err.splitlines()) == 1
     assert "RuntimeError: no licence key found" in err
