@@ -18,6 +18,12 @@ from pathlib import Path
 import torch
 
 MANIFEST = "MANIFEST.json"
+REQUIRED = ("config.json", "trainer_state.pt")  # and the weights: model.safetensors or its index
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error, or a writer library's own
+    error on such a failure); nothing of it is left behind and the older checkpoints are intact."""
 
 
 def _sha256(path: Path) -> str:
@@ -53,23 +59,55 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, keep: 
             files[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
         _fsync_dir(tmp)
-    except BaseException:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is never left to fill the disk
+        # safetensors and torch report a full disk as their own errors, not OSError: one type for all
+        raise CheckpointError(f"{type(e).__name__}: {e}" + _free_space(root)) from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(root)[:-keep]:
+    try:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{e}{_free_space(root)}") from e
+    done = list_checkpoints(root)
+    # steps beyond this one are a future this run no longer has (a resume skipped them as broken)
+    for old in [c for c in done if step_of(c) > step] + [c for c in done if step_of(c) <= step][:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def is_complete(ckpt: Path) -> bool:
+def _free_space(root: Path) -> str:
     try:
-        manifest = json.loads((ckpt / MANIFEST).read_text())
-        return all((ckpt / n).stat().st_size == f["size"] for n, f in manifest["files"].items())
-    except (OSError, ValueError, KeyError):
+        return f" ({shutil.disk_usage(root).free / 2 ** 20:.0f} MB free on that filesystem)"
+    except OSError:
+        return ""
+
+
+def step_of(ckpt: Path) -> int:
+    return int(ckpt.name.split("_")[1])
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the parameters holding NaN or inf (a checkpoint of them would be useless)."""
+    return [n for n, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+
+
+def is_complete(ckpt: Path) -> bool:
+    """The manifest lists every file of the checkpoint (the required ones among them) and each
+    has the listed size."""
+    try:
+        files = json.loads((ckpt / MANIFEST).read_text())["files"]
+        present = {p.name for p in ckpt.iterdir()} - {MANIFEST}
+        weights = "model.safetensors" in files or "model.safetensors.index.json" in files
+        if set(files) != present or not weights or any(n not in files for n in REQUIRED):
+            return False
+        return all((ckpt / n).stat().st_size == f["size"] for n, f in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
@@ -85,8 +123,18 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not root.exists():
         return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and is_complete(p)]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit() and is_complete(p)]
+    return sorted(found, key=step_of)
+
+
+def find_resumable(root: Path) -> tuple[Path | None, str]:
+    """(the newest intact checkpoint, "") or (None, what is wrong when checkpoints exist but none
+    is intact) or (None, "") when the run wrote none."""
+    found = latest_checkpoint(root)
+    if found is not None or not root.is_dir():
+        return found, ""
+    dirs = sorted(p.name for p in root.glob("step_*") if p.is_dir())
+    return None, (f"{len(dirs)} checkpoint(s) fail their manifest check: {', '.join(dirs)}" if dirs else "")
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -112,5 +160,5 @@ def load_weights(model, ckpt: Path) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
+        raise ValueError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]})")

@@ -17,28 +17,21 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 from .config import ConfigError, describe, load_config
 
 
-def _latest_run(root: Path) -> Path | None:
-    runs = sorted((p for p in root.glob("*") if (p / "config.yaml").exists()), key=lambda p: p.stat().st_mtime)
-    return runs[-1] if runs else None
-
-
 def _run_training(args, config_path: str | None) -> int:
     from .data import DataError
+    from .rundir import RunDirError, claim, latest_run
 
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
-        out = _latest_run(Path("runs"))
+        out = latest_run(Path("runs"))
         if out is None:
-            print("--resume: no run under runs/ to resume; give --out DIR", file=sys.stderr)
+            print("thinkrl: --resume: no run under runs/ to resume; give --out DIR", file=sys.stderr)
             return 2
-    if out is None:
-        out = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.resume and config_path is None and (out / "config.yaml").exists():
         config_path = str(out / "config.yaml")  # continue the run with the settings it started with
     overrides = list(args.overrides)
@@ -59,9 +52,20 @@ def _run_training(args, config_path: str | None) -> int:
     from .trainer import GRPOTrainer
 
     distributed.init(resolve_device(cfg.model.device))  # under torchrun: join the other processes
+    run_dir = None
     try:
         is_main = distributed.is_main()  # only rank 0 prints; every process returns the same code
-        out = Path(distributed.from_main(str(out)))  # one run directory, rank 0's choice
+        claimed = None
+        if is_main:  # rank 0 claims (and locks) the one run directory; the others learn its path
+            try:
+                run_dir = claim(out, resume=args.resume, overwrite=args.overwrite, command=args.command)
+                claimed = str(run_dir.path)
+            except RunDirError as e:
+                print(f"thinkrl: {e}", file=sys.stderr)
+        claimed = distributed.from_main(claimed)
+        if claimed is None:
+            return 2
+        out = Path(claimed)
         if is_main:
             print(f"thinkrl: {describe(cfg)}")
         try:
@@ -90,6 +94,8 @@ def _run_training(args, config_path: str | None) -> int:
                   f"{s['wall_seconds']:.0f}s; report {out / 'report.html'}")
         return 130 if s["interrupted"] else 0
     finally:
+        if run_dir is not None:
+            run_dir.release()
         distributed.shutdown()
 
 
@@ -188,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def training_args(p):
-        p.add_argument("--out", help="run directory (default runs/<timestamp>; with --resume, the newest run)")
+        p.add_argument("--out", help="run directory (default a new runs/<timestamp>-XXXX; with --resume, the newest run)")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+        p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
         p.add_argument("--steps", type=int, help="override train.steps")
         p.add_argument("--profile", action="store_true", help="time each phase of a step precisely (CUDA sync)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")

@@ -43,6 +43,7 @@ from typing import Any
 
 from .config import ConfigError, load_into, to_yaml
 from .data import DataError
+from .rundir import run_claimed
 from .distill_data import (dataset_samples, distill_row, filter_samples, load_prompts, read_jsonl, round_trips,
                            teacher_samples)
 
@@ -339,17 +340,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML config (sections: mode, teacher, student, data, sample, filter, sft, "
                     "on_policy, eval, run)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ap.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. sample.n=8 sft.optim.lr=1e-4")
     args = ap.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("distill-%Y%m%d-%H%M%S")
-    if args.resume and not args.out:
-        print("thinkrl distill: --resume needs the run's directory: --out DIR", file=sys.stderr)
-        return 2
-    config = args.config
-    if config is None and args.resume and (out / "config.yaml").exists():
-        config = str(out / "config.yaml")  # continue with the settings the run started with
+    return run_claimed("distill", args, _distill_command)  # the run directory is this run's alone
+
+
+def _distill_command(args, out: Path, config: str | None) -> int:
     try:
         cfg = load_into(DistillConfig(), config, args.overrides)
         for value, (section, key) in ((args.teacher, ("teacher", "path")), (args.student, ("student", "path")),

@@ -54,6 +54,7 @@ import torch
 
 from .config import ConfigError, load_into, to_yaml
 from .loop import lr_factor
+from .rundir import RunDirError, claim
 from .reward_model_data import load_data, rule_metrics, rule_verdicts
 
 log = logging.getLogger("thinkrl.rm")
@@ -520,6 +521,7 @@ def main(argv: list[str]) -> int:
                                  "pairs (JSONL of prompt/chosen/rejected, or the synthetic general task).")
     ap.add_argument("--config", help="YAML with model/data/train/log sections (see configs/rm-tiny.yaml)")
     ap.add_argument("--out", help="run directory (default runs/rm-TIMESTAMP)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.part=summary train.steps=200")
     args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
@@ -531,10 +533,10 @@ def main(argv: list[str]) -> int:
     except (ConfigError, OSError) as e:
         print(f"thinkrl rm: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("rm-%Y%m%d-%H%M%S")
-    try:
-        s = train_reward_model(cfg, out)
-    except (ConfigError, DataError, FloatingPointError, OSError, ValueError) as e:
+    try:  # the run directory is this run's alone (locked while it runs)
+        with claim(args.out, overwrite=args.overwrite, command="rm", prefix="rm-") as run_dir:
+            s = train_reward_model(cfg, run_dir.path)
+    except (ConfigError, DataError, FloatingPointError, OSError, ValueError, RunDirError) as e:
         print(f"thinkrl rm: {e}", file=sys.stderr)
         return 2
     acc = s.get("test_accuracy")

@@ -50,6 +50,7 @@ from .data import DataError, PromptSampler
 from .policy import (autocast, cache_kwarg, load_model, load_tokenizer, output_cache, resolve_device,
                      save_pretrained)
 from .loop import StopRequest, lr_factor
+from .rundir import run_claimed, write_text_atomic
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
 
 log = logging.getLogger("thinkrl")
@@ -287,7 +288,6 @@ class SFTTrainer:
         self.step, self.tokens, self.wall_before = 0, 0, 0.0
         self.window = [0.0, 0]  # NLL sum and response tokens since the last metrics line
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
         from .metrics import MetricsWriter
 
         self.metrics = MetricsWriter(self.run_dir)
@@ -297,6 +297,7 @@ class SFTTrainer:
             for old in ("checkpoints", "final"):  # never resumed from, or mistaken for this run's, later
                 shutil.rmtree(self.run_dir / old, ignore_errors=True)
         self.resumed_from = self._resume() if resume else None
+        write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))  # after a resume that worked, not before
 
     def _encode(self, rows, source):
         d = self.cfg.data
@@ -471,19 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML with sections model, data, optim, train (see configs/sft-tiny.yaml)")
     p.add_argument("--out", help="run directory (default runs/sft-TIME; with --resume the newest runs/sft-*)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.train=sft.jsonl optim.lr=1e-5")
     args = p.parse_intermixed_args(argv)
-    out = Path(args.out) if args.out else None
-    if out is None and args.resume:
-        runs = sorted(Path("runs").glob("sft-*/config.yaml"), key=lambda q: q.stat().st_mtime)
-        if not runs:
-            print("thinkrl sft: --resume found no runs/sft-* run; give --out DIR", file=sys.stderr)
-            return 2
-        out = runs[-1].parent
-    out = out or Path("runs") / time.strftime("sft-%Y%m%d-%H%M%S")
-    config = args.config
-    if config is None and args.resume and (out / "config.yaml").exists():
-        config = str(out / "config.yaml")  # continue with the settings the run started with
+    return run_claimed("sft", args, _sft_command)  # the run directory is this run's alone
+
+
+def _sft_command(args, out: Path, config: str | None) -> int:
     try:
         cfg = load_sft_config(config, args.overrides)
         trainer = SFTTrainer(cfg, out, resume=args.resume)
@@ -506,3 +501,5 @@ def main(argv: list[str] | None = None) -> int:
     ev = f", eval loss {s['eval_loss']:.4f}" if s["eval_loss"] is not None else ""
     print(f"thinkrl sft: done, train loss {s['train_loss']:.4f}{ev}, {s['seconds']:.0f}s; model in {s['final_dir']}")
     return 0
+
+

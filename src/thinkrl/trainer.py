@@ -47,6 +47,7 @@ from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
 from .loop import StopRequest, lr_factor
 from .metrics import MetricsWriter, by_level, has_reflection, mean, read_metrics
+from .rundir import write_text_atomic
 from .objective import Normaliser, group_advantages, grpo_loss
 from .policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
 from .rewards.combine import TypedRewards, WeightedRewards
@@ -120,11 +121,12 @@ class GRPOTrainer:
         self.bad_steps = 0
         self.bad_cause = ""  # why the last step was skipped
         if self.is_main:
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
             self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
         else:
             self.metrics = _NoMetrics()
         self.resumed_from = self._resume() if resume else None
+        if self.is_main:  # only once the run could start (or continue): a failed --resume changes nothing
+            write_text_atomic(self.run_dir / "config.yaml", cfg.to_yaml())
 
     # ------------------------------------------------------------------ data
     def _prepare(self, rows: list[dict], split: str):
@@ -179,9 +181,14 @@ class GRPOTrainer:
 
     def _resume(self):
         # rank 0 chooses; every process loads the weights and the trainer state from it
-        found = distributed.from_main(ckpt.latest_checkpoint(self.run_dir / "checkpoints") if self.is_main else None)
+        found, broken = distributed.from_main(ckpt.find_resumable(self.run_dir / "checkpoints") if self.is_main
+                                              else None)
+        if broken:  # never start over silently over a run's history
+            raise ValueError(f"--resume: no intact checkpoint under {self.run_dir / 'checkpoints'} ({broken}); "
+                             f"nothing was changed. Restore one, or start the run afresh with --overwrite")
         if found is None:
-            log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.run_dir / "checkpoints")
+            log.warning("--resume: the run saved no checkpoint yet under %s; starting from step 0",
+                        self.run_dir / "checkpoints")
             self.metrics.truncate_after(-1)
             return None
         ckpt.load_weights(self.policy, found)
@@ -434,7 +441,12 @@ class GRPOTrainer:
                 if ckpt_seconds is not None:  # the checkpoint written after the previous step
                     m["timing/checkpoint"], ckpt_seconds = ckpt_seconds, None
                 # the metrics line goes first: a checkpoint never exists without its step's line
-                self.metrics.write(m)
+                try:
+                    self.metrics.write(m)
+                except OSError as e:  # a full disk: stop here; the newest checkpoint stays the way back
+                    error = (f"stopped: could not write metrics.jsonl at step {self.step} ({e}); free space and "
+                             f"continue with --resume from {self._newest_checkpoint()}")
+                    break
                 progress.update(m)
                 stopping = distributed.any_true(stop.requested is not None)  # every process stops at the same step
                 if self.bad_steps >= cfg.train.max_bad_steps:
@@ -478,10 +490,15 @@ class GRPOTrainer:
         return distributed.from_main(self._save_or_explain())
 
     def _save_or_explain(self) -> str | None:
+        bad = ckpt.nonfinite_parameters(self.policy)
+        if bad:  # a checkpoint of NaN weights is worse than none: it would be resumed from
+            return (f"stopped: the weights hold NaN/inf after step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                    f"their checkpoint was not written. The learning rate may be too high (optim.lr); the newest "
+                    f"intact checkpoint is {self._newest_checkpoint()}")
         try:
             self.save()
             return None
-        except OSError as e:
+        except OSError as e:  # checkpoint.CheckpointError included: any failure to write it
             msg = (f"could not write the checkpoint of step {self.step} ({e}); the previous checkpoint is intact: "
                    f"{self._newest_checkpoint()}")
             if self.cfg.train.on_checkpoint_error == "continue":
@@ -522,11 +539,11 @@ class GRPOTrainer:
             summary.update(world_size=self.world, weights_sha256_by_rank=checksums)
             if len(set(checksums)) > 1:
                 log.error("the processes hold different weights at the end (sha256 by rank: %s): a bug", checksums)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         try:
-            from .report import write_report
+            write_text_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            from .report import write_report  # deferred: matplotlib
 
             write_report(self.run_dir)
-        except Exception as e:  # the run's results are already on disk; a plot must not lose them
-            log.warning("could not write report.html: %s", e)
+        except Exception as e:  # the run's results are in metrics.jsonl and the checkpoints; say, don't crash
+            log.warning("could not write summary.json / report.html: %s", e)
         return distributed.from_main(summary)
