@@ -241,6 +241,21 @@ def test_humaneval_helpers_are_the_judges_own():
     assert_all_zero(results, "redefined HumanEval helpers")
 
 
+@needs_data
+def test_helpers_are_the_judges_own_in_training_too():
+    """In GRPO the row's question (HumanEval's prompt, mapped by data.question_field) reaches the
+    rewards as `prompts`, not as a `prompt` column: its helpers are trusted all the same."""
+    from thinkrl.rewards.combine import WeightedRewards
+
+    with gzip.open(DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as f:
+        row = next(r for r in map(json.loads, f) if r["task_id"] == "HumanEval/38")
+    forged = block("def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s")
+    honest = block(row["prompt"] + row["canonical_solution"])
+    rows = [{"question": row["prompt"], "answer": "", "tests": row["test"], "entry_point": row["entry_point"]}] * 2
+    total, _ = WeightedRewards({"code": 1.0})([forged, honest], rows, prompts=[row["prompt"]] * 2)
+    assert total == [0.0, 1.0]
+
+
 # ---------------------------------------------------------------- refusals
 
 

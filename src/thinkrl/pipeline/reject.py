@@ -171,9 +171,10 @@ def rule_verdicts(samples: list[dict], rows: dict, cfg: RejectConfig) -> list[Ve
         for i, s in zip(math, scores):
             out[i] = Verdict(None if s.value is None else s.value == 1.0, s.reason)
     if code:
+        picked = [rows[samples[i]["prompt_id"]] for i in code]  # the prompt's helpers are the judge's own
         scores = get_reward("code").scores([samples[i]["completion"] for i in code], mode="all",
-                                           tests=[rows[samples[i]["prompt_id"]]["tests"] for i in code],
-                                           entry_point=[rows[samples[i]["prompt_id"]].get("entry_point") for i in code])
+                                           tests=[r["tests"] for r in picked], entry_point=[r.get("entry_point") for r in picked],
+                                           prompt=[r.get("prompt") or r.get("question") for r in picked])
         for i, s in zip(code, scores):
             out[i] = Verdict(None if s.value is None else s.value == 1.0, s.reason)
     return out  # type: ignore[return-value]

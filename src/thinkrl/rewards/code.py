@@ -319,6 +319,8 @@ def code_reward(completions: list[str], tests: list | None = None, entry_point=N
         raise ValueError(f"{n} completions but {len(tests)} test rows")
     entries = list(entry_point) if isinstance(entry_point, (list, tuple)) else [entry_point] * n
     tols = list(float_tol) if isinstance(float_tol, (list, tuple)) else [float_tol] * n
+    if prompt is None:  # in training the row's question arrives as `prompts`: its helpers are trusted too
+        prompt = kwargs.get("prompts")
     contexts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * n
     if len(entries) != n or len(tols) != n or len(contexts) != n:
         raise ValueError(f"{n} completions but {len(entries)} entry points, {len(tols)} float_tol values and "
