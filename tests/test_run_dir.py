@@ -166,8 +166,8 @@ def test_rotation_keeps_the_checkpoint_just_written(tmp_path, qwen2_dir):
 
 
 def _in_small_tmpfs(mount: Path, size: str, command: list[str], show: str = "") -> subprocess.CompletedProcess:
-    """Run `command` in a private mount namespace where `mount` is a fresh tmpfs of `size`; then
-    print the file `show` (inside the namespace: the tmpfs is gone afterwards)."""
+    """Run `command` in a private mount namespace where `mount` is a fresh tmpfs of `size` (with
+    ",ro": read-only); then print the file `show` (inside the namespace: the tmpfs is gone after)."""
     script = f'mount -t tmpfs -o size={size} tmpfs "{mount}" || exit 99; "$@"; rc=$?; cat "{show}" 2>/dev/null; exit $rc'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *command],
                           env=ENV, capture_output=True, text=True, timeout=600)
@@ -204,3 +204,15 @@ def test_a_real_full_disk_stops_the_run_cleanly_or_is_carried_past(tmp_path):
     out = res.stdout[-3000:] + res.stderr[-3000:]
     assert res.returncode == 0 and "continuing without it" in res.stderr and "Traceback" not in res.stderr, out
     assert json.loads(res.stdout[res.stdout.index("{\n"):])["steps"] == 10
+
+
+def test_a_read_only_out_is_one_line_not_a_traceback(tmp_path):
+    if not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs a tmpfs in a private mount namespace (unshare and CAP_SYS_ADMIN); as root, file "
+                    "permissions alone cannot make a directory read-only")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    res = _in_small_tmpfs(mount, "1m,ro", [sys.executable, "-m", "thinkrl.cli", "zero", "--out", str(mount / "run"),
+                                           "--steps", "1", "--no-progress"])
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "cannot create the run directory" in res.stderr and "Read-only file system" in res.stderr
