@@ -1,5 +1,6 @@
-"""Distillation (SYSTEM.md §4): SFT of a student with another architecture and tokenizer on the
-teacher's filtered text, and on-policy distillation by the exact reverse KL."""
+"""Distillation (docs/R1-PIPELINE.md §Distillation): SFT of a student with another architecture
+and tokenizer on the teacher's filtered text, and on-policy distillation by the exact reverse
+KL."""
 
 import json
 import random

@@ -32,7 +32,7 @@ def reference_advantages(rewards, G, scale_std=True):
 
 
 def reference_loss(logp, old, ref, adv, mask, beta, eps_low, eps_high, agg, max_len=None):
-    """SYSTEM.md §1 written token by token with Python scalars (as torch ops for autograd)."""
+    """docs/ALGORITHM.md's objective token by token with Python scalars (torch ops for autograd)."""
     B, T = logp.shape
     per_seq = []
     total = 0

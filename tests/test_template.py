@@ -4,7 +4,7 @@ import pytest
 
 from thinkrl.template import R1_ZERO, render
 
-# DeepSeek-R1 paper, Table 1 (and SYSTEM.md §2), with "prompt" replaced by the question
+# DeepSeek-R1 paper, Table 1 (docs/R1-PIPELINE.md §R1-Zero), with "prompt" replaced by the question
 EXPECTED = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The assistant first thinks about the reasoning process in the mind and then provides the user with "

@@ -1,5 +1,5 @@
-"""Distillation (DeepSeek-R1 §2.4, SYSTEM.md §4): a smaller student learns from a teacher's
-samples by SFT only, no RL.
+"""Distillation (DeepSeek-R1 §2.4, docs/R1-PIPELINE.md §Distillation): a smaller student
+learns from a teacher's samples by SFT only, no RL.
 
     thinkrl distill --teacher T --student S --prompts P [--data stage3.jsonl] [--out DIR]
                     [--on-policy] [--config F] [section.key=value ...]
@@ -270,8 +270,8 @@ def _evaluate_path(path: str, tok_path: str | None, rows, cfg: DistillConfig) ->
 
 
 def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    """Distil the teacher into the student (SYSTEM.md §4); returns the summary written to
-    OUT/summary.json."""
+    """Distil the teacher into the student (docs/R1-PIPELINE.md §Distillation); returns the
+    summary written to OUT/summary.json."""
     import torch
 
     validate(cfg)

@@ -1,5 +1,6 @@
-"""Distillation data (DeepSeek-R1 §2.4, SYSTEM.md §4): the prompts, the teacher's samples of
-them, and the filter that keeps the ones worth teaching (R1 stage 3's rejection sampling).
+"""Distillation data (DeepSeek-R1 §2.4, docs/R1-PIPELINE.md §Distillation): the prompts, the
+teacher's samples of them, and the filter that keeps the ones worth teaching (R1 stage 3's
+rejection sampling).
 
     prompts  = load_prompts(cfg.data, cfg.eval.size)       question[/answer] rows, held-out rows
     samples  = teacher_samples(cfg, prompts)               n per prompt, or an existing dataset

@@ -1,7 +1,7 @@
 """Neural reward models trained on preference pairs: `thinkrl rm`.
 
-DeepSeek-R1's fourth stage (SYSTEM.md §3) scores general prompts with reward models,
-helpfulness on the final summary only, harmlessness on the whole response. A reward model
+DeepSeek-R1's fourth stage (docs/R1-PIPELINE.md, stage 4) scores general prompts with reward
+models, helpfulness on the final summary only, harmlessness on the whole response. A reward model
 here is a transformers causal LM with its LM head replaced by a scalar head
 (`AutoModelForSequenceClassification`, `num_labels=1`), read at the last token of
 prompt + response (+ EOS), and trained with the Bradley-Terry loss (Bradley & Terry 1952;

@@ -1,4 +1,4 @@
-"""The GRPO trainer. One step, in the order of SYSTEM.md §1:
+"""The GRPO trainer. One step, in the order of docs/ALGORITHM.md §One training step:
 
     questions  = the next prompts_per_step questions
     rollouts   = G samples per question from π_old (the current policy)

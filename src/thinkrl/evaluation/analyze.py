@@ -1,4 +1,5 @@
-"""`thinkrl analyze RUN_DIR`: the DeepSeek-R1 paper's analyses of a training run (SYSTEM.md §2).
+"""`thinkrl analyze RUN_DIR`: the DeepSeek-R1 paper's analyses of a training run
+(docs/R1-PIPELINE.md §R1-Zero, docs/EVALUATION.md §The paper's analyses).
 
 From the held-out evaluations in RUN/metrics.jsonl (taken every `eval.every` steps, and at the
 start and the end: the checkpoints in time of the run):

@@ -1,6 +1,6 @@
 """Scores from several sampled answers per question, each with its standard error.
 
-The R1 protocol (SYSTEM.md §5; DeepSeek-R1, arXiv 2501.12948, §3) samples k answers per
+The R1 protocol (docs/EVALUATION.md; DeepSeek-R1, arXiv 2501.12948, §3) samples k answers per
 question instead of decoding greedily and reports
 
     pass@1 = 1/Q Σ_q 1/k Σ_i correct_qi          mean correctness over the samples

@@ -1,4 +1,4 @@
-"""`thinkrl eval`: a model judged by the DeepSeek-R1 protocol (SYSTEM.md §5).
+"""`thinkrl eval`: a model judged by the DeepSeek-R1 protocol (docs/EVALUATION.md).
 
 For each benchmark question, K samples at temperature 0.6 and top-p 0.95 (never greedy),
 drawn by the same rollout engine as training, batched. Then, per benchmark:

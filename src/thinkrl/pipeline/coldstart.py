@@ -1,5 +1,5 @@
-"""Stage 1 of DeepSeek-R1 (SYSTEM.md §3): the cold-start set, long chains of thought in a
-readable form, for the SFT that precedes reasoning RL.
+"""Stage 1 of DeepSeek-R1 (docs/R1-PIPELINE.md §The four stages): the cold-start set, long
+chains of thought in a readable form, for the SFT that precedes reasoning RL.
 
 The paper made it "using few-shot prompting with a long CoT as an example, directly
 prompting models to generate detailed answers with reflection and verification, gathering

@@ -1,6 +1,6 @@
-"""The readability filters of rejection sampling (DeepSeek-R1 §2.3.3, SYSTEM.md §3 stage 3):
-"we have filtered out chain-of-thought with mixed languages, long paragraphs, and code
-blocks", plus the dedup key and the per-prompt cap. Pure functions on text.
+"""The readability filters of rejection sampling (DeepSeek-R1 §2.3.3; docs/R1-PIPELINE.md,
+stage 3): "we have filtered out chain-of-thought with mixed languages, long paragraphs, and
+code blocks", plus the dedup key and the per-prompt cap. Pure functions on text.
 
 Each check returns "" when the text passes, else a short reason; `FILTERS` names them.
 

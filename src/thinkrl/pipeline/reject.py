@@ -1,4 +1,5 @@
-"""Stage 3 of DeepSeek-R1 (SYSTEM.md §3): rejection sampling, the data for the second SFT.
+"""Stage 3 of DeepSeek-R1 (docs/R1-PIPELINE.md §The four stages): rejection sampling, the
+data for the second SFT.
 
 "We curate reasoning prompts and generate reasoning trajectories by performing rejection
 sampling from the checkpoint from the above RL training ... For each prompt, we sample

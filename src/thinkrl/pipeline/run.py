@@ -5,7 +5,8 @@
     thinkrl pipeline --plan               # what would run, what is cached
     thinkrl pipeline zero.train.steps=50  # a stage's setting from the command line
 
-The default graph (SYSTEM.md §3-4), every model evaluated the same way at the end:
+The default graph (docs/R1-PIPELINE.md §How thinkrl maps the pipeline), every model
+evaluated the same way at the end:
 
     zero (R1-Zero GRPO on the base) ─▶ coldstart (readable, correct answers) ─▶ sft_coldstart (SFT of the base)
       ─▶ reasoning_rl (GRPO: accuracy + format + language) ─▶ reject (rejection sampling + general data)

@@ -2,7 +2,7 @@
 every stage, plus the distilled and the RL-only student), evaluated the same way:
 
 - reasoning, `thinkrl eval` on the embedded task's held-out questions: pass@1 and cons@K over
-  K samples at temperature 0.6 / top-p 0.95 (SYSTEM.md §5), the share of completions in the
+  K samples at temperature 0.6 / top-p 0.95 (docs/EVALUATION.md), the share of completions in the
   R1 form (think block, then answer block, a summary allowed between: `format_lenient`), the
   language consistency of the chain of thought (`language`), the mean length in tokens;
 - general, the synthetic non-reasoning task: the share of sampled answers that are helpful

@@ -1,5 +1,5 @@
 """Format rewards: reasoning inside <think></think>, then the answer inside <answer></answer>
-(DeepSeek-R1 §2.2.2, the R1-Zero template of SYSTEM.md §2).
+(DeepSeek-R1 §2.2.2, the R1-Zero template, docs/R1-PIPELINE.md §R1-Zero).
 
 Three degrees of strictness, all built on the four tags `<think>`, `</think>`, `<answer>`,
 `</answer>`:

@@ -1,5 +1,5 @@
-"""Language consistency of the chain of thought (DeepSeek-R1, arXiv 2501.12948, §2.3.2; the
-second stage of SYSTEM.md §3): "the proportion of target language words in the CoT". R1-Zero
+"""Language consistency of the chain of thought (DeepSeek-R1, arXiv 2501.12948, §2.3.2; stage 2
+in docs/R1-PIPELINE.md): "the proportion of target language words in the CoT". R1-Zero
 mixed languages in its reasoning; this reward trades a little benchmark score for
 readability.
 

@@ -1,7 +1,7 @@
 """N-gram repetition penalty (after Yeo et al. 2025, "Demystifying Long Chain-of-Thought
 Reasoning in LLMs", arXiv 2502.03373, §4). Length rewards invite padding, and small models
-under RL loop on the same sentence (SYSTEM.md §6); a penalty for repeated n-grams closes
-that door.
+under RL loop on the same sentence (docs/ALGORITHM.md §What the papers tried and
+dropped); a penalty for repeated n-grams closes that door.
 
     penalty = max_penalty × (1 − distinct n-grams / all n-grams)
 

@@ -2,8 +2,8 @@
 
 Why not `model.generate`: we need the log-probs of what was sampled, stop strings checked
 cheaply, and finished sequences dropped from the batch (measured on the tiny model: a plain
-cache loop with dropping is faster than `generate`, EMBEDDED-TASK.md). Each prompt is
-pre-filled once and its cache repeated for the G samples of its group.
+cache loop with dropping is faster than `generate`, docs/embedded-task.md §Speed facts). Each
+prompt is pre-filled once and its cache repeated for the G samples of its group.
 """
 
 from __future__ import annotations

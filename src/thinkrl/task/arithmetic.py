@@ -10,7 +10,7 @@ and carries, so correct answers get longer with difficulty, which is what the pa
 without one the buggy procedure below is also right.
 
 The base model is pre-trained on a *mixture* of traces, because RL amplifies what a base
-model already samples and does not teach a missing skill (EMBEDDED-TASK.md: a base trained
+model already samples and does not teach a missing skill (docs/embedded-task.md: a base trained
 on 60% carry-forgetting traces went from 45% to 93-98% under GRPO in 25-50 steps, while a
 model lacking the skill gained at most 8 points). The mix (see `TRACE_MIX`):
 

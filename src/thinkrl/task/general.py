@@ -1,9 +1,9 @@
 """A synthetic family of general (non-reasoning) instructions, with preferences that a KNOWN
 rule decides, so that a reward model can be checked against the rule.
 
-DeepSeek-R1's fourth stage (SYSTEM.md §3) scores general prompts with neural reward
-models: helpfulness judged on the final summary only, harmlessness on the whole response,
-reasoning included. Here the "general prompts" are short word instructions
+DeepSeek-R1's fourth stage (docs/R1-PIPELINE.md §The four stages) scores general prompts with
+neural reward models: helpfulness judged on the final summary only, harmlessness on the whole
+response, reasoning included. Here the "general prompts" are short word instructions
 
     Repeat the word dog.              -> dog
     Reverse the word dog.             -> god
