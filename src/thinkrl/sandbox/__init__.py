@@ -86,16 +86,19 @@ Modules, one concept each:
 - `bootstrap`: the code that runs in the child (namespaces, mounts, uid, rlimits, no_new_privs,
   Landlock, the PID namespace's init), as source text.
 - `guard`: the audit hook, as source text the bootstrap includes.
-- `detect`: which layers this machine allows (`Isolation`, `isolation()`), found by probe runs.
+- `layers`: `Isolation`, the layers a run has, and the namespace flags.
+- `detect`: which layers this machine allows (`isolation()`), found by probe runs.
 - `slots`: the dedicated uids (one run at a time each, locked across processes) and the /proc
   bookkeeping that finds, kills and sweeps up what a run left behind.
-- `run`: `run_python`, the parent side of one run: spawn, limits, output capture, kill, verdict.
+- `spawn`: the parent side of one run under given layers: spawn, limits, output capture, kill, verdict.
+- `run`: `run_python`, one run under this machine's layers.
 - `pair`: `run_pair` and `PairJob`, two runs (a judge and a program) that exchange lines only
   through the parent, which relays them; only the judge's own output is its result.
 - `pool`: `SandboxPool` and `default_pool()`, many runs (and pairs) at once.
 """
 
-from .detect import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, Isolation, isolation
+from .detect import isolation
+from .layers import CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, Isolation
 from .pair import PairJob, run_pair
 from .pool import SandboxPool, default_pool
 from .records import (DISK_LIMIT, ERROR, KILLED, MEMORY, OK, OUTPUT_LIMIT, REFUSED, SANDBOX_ERROR, TIMEOUT,

@@ -32,7 +32,7 @@ from typing import NamedTuple
 from . import slots
 from .detect import isolation
 from .records import DISK_LIMIT, OUTPUT_LIMIT, SANDBOX_ERROR, TIMEOUT, Execution, Limits
-from .run import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded
+from .spawn import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded
 
 _GRACE_S = 0.2  # after the judge ends, how long the program has to exit on its own
 _RELAYED = 64  # the lines each side may have relayed, in all, as a multiple of the output cap
