@@ -83,9 +83,15 @@ class Normaliser:
         return cls(int(mask.shape[0]), max(int(mask.sum().item()), 1), int(max_len or mask.shape[1]))
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL_it = π_ref/π_θ - log(π_ref/π_θ) - 1 (Schulman's k3), always >= 0."""
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token KL_it = π_ref/π_θ - log(π_ref/π_θ) - 1 (Schulman's k3), always >= 0.
+
+    mask: positions outside it (padding, whose log-probs are junk) get KL 0 exactly, the
+    log-ratio being zeroed *before* the exponential, so junk there can never overflow into
+    inf and then NaN (inf · 0) in the loss or its gradient."""
     d = ref_logp - logp
+    if mask is not None:
+        d = torch.where(mask.bool(), d, torch.zeros_like(d))
     return torch.exp(d) - d - 1
 
 
@@ -108,6 +114,8 @@ def grpo_loss(
     logp, old_logp, ref_logp, mask: [B, T] per completion token; advantages: [B].
     old_logp None means π_old = π_θ (μ = 1): ρ is 1 in value, its gradient is ∇log π_θ.
     sequence_ratio: GSPO (arXiv 2507.18071), ρ_i = exp(mean_t log ρ_it) for every token.
+    Padding (mask 0) never enters an exponential: its log-ratios are zeroed first, so junk
+    log-probs there (huge, ±inf) change neither the loss nor its gradient.
     Returns (loss, stats) where stats holds detached kl, clip_frac and ratio means.
     """
     if aggregation not in AGGREGATIONS:
@@ -116,7 +124,8 @@ def grpo_loss(
     norm = norm or Normaliser.of(mask)
     eps_high = eps_low if eps_high is None else eps_high
     old = logp.detach() if old_logp is None else old_logp
-    log_ratio = logp - old
+    valid = mask.bool()
+    log_ratio = torch.where(valid, logp - old, torch.zeros_like(logp))  # padding: ρ = 1, never exp(junk)
     if sequence_ratio:
         seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp_min(1)
         log_ratio = seq.unsqueeze(-1).expand_as(logp)
@@ -129,7 +138,7 @@ def grpo_loss(
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError("beta != 0 needs reference log-probs")
-        kl = k3_kl(logp, ref_logp)
+        kl = k3_kl(logp, ref_logp, valid)
         per_token = per_token + beta * kl
     loss = AGGREGATIONS[aggregation](per_token, mask, norm)
     with torch.no_grad():

