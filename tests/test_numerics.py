@@ -52,3 +52,43 @@ def test_padding_values_never_reach_the_kl_loss_or_its_gradient(agg, sequence_ra
     assert torch.equal(l0, l1) and torch.equal(g0, g1)
     assert s0 == s1
     assert (g1[~mask] == 0).all()
+
+
+# ---------------------------------------------------------------- 2. dropout off at load
+
+
+def _dropout_model_dir(path, arch: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    if arch == "gpt2":  # GPT-2 ships with 0.1 dropout on embeddings, attention and residuals
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                           eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+                                           pad_token_id=tok.pad_token_id))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=256, attention_dropout=0.3,
+                                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                             attn_implementation="eager"))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_a_loaded_policy_gives_the_same_logprobs_in_train_mode_whatever_its_dropout(tmp_path, arch):
+    path = _dropout_model_dir(tmp_path / arch, arch)
+    model = load_model(path, torch.device("cpu"))
+    model.train()  # as the trainer, SFT and on-policy distillation hold it
+    tok = make_tokenizer()
+    prompts = [tok("What is 347+85?")["input_ids"], tok("<think> 7+5=12")["input_ids"]]
+    completions = [tok(" <answer> 432 </answer>")["input_ids"], tok(" wait check")["input_ids"]]
+    batch = SequenceBatch.build(prompts, completions, tok.pad_token_id, torch.device("cpu"))
+    torch.manual_seed(1)
+    a = completion_logprobs(model, batch)
+    torch.manual_seed(2)
+    b = completion_logprobs(model, batch)
+    assert torch.equal(a[batch.completion_mask], b[batch.completion_mask])  # ratio 1, KL 0 at the start
+    assert not any(v for k, v in model.config.to_dict().items() if "drop" in k and isinstance(v, float))

@@ -47,13 +47,42 @@ def _from_pretrained(cls, path: str, what: str, **kwargs):
                             "config.json), 'embedded', or a hub id such as Qwen/Qwen2.5-0.5B") from None
 
 
+def disable_dropout(model):
+    """Set every dropout probability of `model` to 0, in place, and return it: the nn.Dropout
+    modules, the float rates modules keep for functional dropout (attention_dropout, ...)
+    and the config's (so a saved checkpoint says what was trained). Training with dropout
+    on would make π_θ differ from itself: two forwards of the same weights give different
+    log-probs, so ρ ≠ 1 and KL ≠ 0 before any update (GPT-2 has 0.1 everywhere)."""
+    dropout_modules = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+                       torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+    for module in model.modules():
+        if isinstance(module, dropout_modules):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "drop" in name and isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+    configs, seen = [getattr(model, "config", None)], set()
+    while configs:
+        config = configs.pop()
+        if config is None or id(config) in seen:
+            continue
+        seen.add(id(config))
+        for name, value in list(vars(config).items()):
+            if "drop" in name and isinstance(value, float) and value > 0:  # attention_dropout, resid_pdrop, ...
+                setattr(config, name, 0.0)
+            elif hasattr(value, "to_dict") and hasattr(value, "model_type"):  # a sub-config (text_config, ...)
+                configs.append(value)
+    return model
+
+
 def load_model(path: str, device: torch.device, requires_grad: bool = True):
-    """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast)."""
+    """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast),
+    with dropout off (`disable_dropout`), as every trainer here needs it."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # thinkrl shows its own progress
-    model = _from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch.float32)
+    model = disable_dropout(_from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch.float32))
     model.to(device)
     if not requires_grad:
         model.eval().requires_grad_(False)
