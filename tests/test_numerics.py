@@ -92,3 +92,25 @@ def test_a_loaded_policy_gives_the_same_logprobs_in_train_mode_whatever_its_drop
     b = completion_logprobs(model, batch)
     assert torch.equal(a[batch.completion_mask], b[batch.completion_mask])  # ratio 1, KL 0 at the start
     assert not any(v for k, v in model.config.to_dict().items() if "drop" in k and isinstance(v, float))
+
+
+# ---------------------------------------------------------------- 3. a teacher that forbids a token
+
+
+def test_a_token_the_teacher_forbids_gives_a_finite_reverse_kl_and_gradient():
+    inf = float("-inf")
+    s = torch.tensor([[[0.3, -0.2, 0.1, -40.0], [0.0, 0.5, -0.5, inf]]], requires_grad=True)
+    t = torch.tensor([[[0.1, 0.2, -0.3, inf], [0.2, -0.1, 0.4, inf]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    kl = reverse_kl_per_token(s, t, mask)
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and torch.isfinite(s.grad).all(), (kl, s.grad)
+    # the forbidden token's student mass is ~0 (e^-40) or 0: the KL is that over the other tokens
+    want = reverse_kl_per_token(s.detach()[..., :3], t[..., :3], mask)
+    assert torch.allclose(kl.detach(), want, atol=1e-6)
+    # where the student does put mass on the forbidden token the penalty is large but finite
+    s3 = torch.zeros(1, 1, 4, requires_grad=True)
+    kl3 = reverse_kl_per_token(s3, t[:, :1], mask[:, :1])
+    kl3.sum().backward()
+    assert torch.isfinite(kl3).all() and kl3.item() > 10 and torch.isfinite(s3.grad).all()
+    assert s3.grad[0, 0, 3] > 0  # the gradient pushes the student off the forbidden token

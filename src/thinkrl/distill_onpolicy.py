@@ -50,16 +50,28 @@ from .loop import StopRequest
 log = logging.getLogger("thinkrl.distill")
 
 
+TEACHER_LOGP_FLOOR = -100.0  # log π_t below this (π_t < 4e-44, or a -inf logit) counts as this
+
+
 def reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          mask: torch.Tensor) -> torch.Tensor:
     """KL(π_s || π_t) = Σ_v π_s(v) (log π_s(v) − log π_t(v)) at every position, [N, C] from
     logits [N, C, V] and a mask [N, C] (masked positions are 0). Exact over the vocabulary,
     differentiable in the student; the teacher's logits are detached. Terms with π_s(v) = 0
-    count 0 (the limit of p log p), even where π_t(v) = 0 too."""
+    count 0 (the limit of p log p), even where π_t(v) = 0 too.
+
+    A token the teacher forbids (a -inf logit, π_t = 0) makes the true KL infinite wherever
+    the student gives it any mass, and its gradient NaN. Its log π_t is clamped to
+    TEACHER_LOGP_FLOOR instead: the KL against a teacher that gives it e^-100, so the term
+    is finite (at most π_s(v) (100 + log π_s(v))), about 0 where the student already avoids
+    the token, and its gradient pushes the student off it. Teachers' real log-probs lie far
+    above the floor, so nothing else changes."""
     logp_s = torch.log_softmax(student_logits.float(), dim=-1)
-    logp_t = torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+    logp_t = torch.log_softmax(teacher_logits.detach().float(), dim=-1).clamp_min(TEACHER_LOGP_FLOOR)
     p_s = logp_s.exp()
-    terms = torch.where(p_s > 0, p_s * (logp_s - logp_t), torch.zeros_like(p_s))
+    counted = p_s > 0  # where π_s = 0 (a -inf student logit) log π_s is kept out of the product, and its gradient
+    logp_s = torch.where(counted, logp_s, torch.zeros_like(logp_s))
+    terms = torch.where(counted, p_s * (logp_s - logp_t), torch.zeros_like(p_s))
     return torch.where(mask.bool(), terms.sum(-1), torch.zeros((), device=terms.device))
 
 
