@@ -114,3 +114,22 @@ def test_a_token_the_teacher_forbids_gives_a_finite_reverse_kl_and_gradient():
     kl3.sum().backward()
     assert torch.isfinite(kl3).all() and kl3.item() > 10 and torch.isfinite(s3.grad).all()
     assert s3.grad[0, 0, 3] > 0  # the gradient pushes the student off the forbidden token
+
+
+# ---------------------------------------------------------------- 4. GSPO's clip range
+
+
+def test_gspo_with_the_grpo_clip_range_is_warned_about_naming_the_papers_settings(caplog):
+    with caplog.at_level(logging.WARNING):
+        load_config(None, ["objective.sequence_ratio=true"])
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "2507.18071" in text and "3e-4" in text and "4e-4" in text, text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_config(None, ["objective.sequence_ratio=true", "objective.eps_low=3e-4", "objective.eps_high=4e-4"])
+        load_config(None, [])  # GRPO (no sequence ratio): nothing to say
+    assert not [r for r in caplog.records if "2507.18071" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):  # the paper's ε but a token-level aggregation
+        load_config(None, ["objective.sequence_ratio=true", "objective.eps_low=3e-4", "objective.eps_high=4e-4",
+                           "objective.loss_agg=dapo"])
+    assert [r for r in caplog.records if "2507.18071" in r.getMessage() and "dapo" in r.getMessage()]

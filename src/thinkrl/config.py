@@ -8,6 +8,7 @@ printed at start. The defaults are the main job: R1-Zero on the embedded tiny mo
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -351,6 +352,18 @@ def validate(cfg: Config) -> None:
     errors += checks.reward_problems(cfg.rewards, r.max_new_tokens)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    warn_gspo(o)
+
+
+def warn_gspo(o: ObjectiveConfig) -> None:
+    """GSPO's sequence ratio moves far less than a token's: warn (never change) when ε is 10x
+    off the paper's or the aggregation is not its per-sequence mean (dapo, dr_grpo weight by length)."""
+    eps, paper = (o.eps_low, o.eps_low if o.eps_high is None else o.eps_high), (3e-4, 4e-4)  # arXiv 2507.18071
+    if o.sequence_ratio and (o.loss_agg != "grpo" or any(not p / 10 <= e <= p * 10 for e, p in zip(eps, paper))):
+        logging.getLogger("thinkrl").warning(
+            "objective.sequence_ratio (GSPO) with eps_low=%g, eps_high=%g, loss_agg=%s: the GSPO paper (arXiv "
+            "2507.18071) uses eps_low=3e-4, eps_high=4e-4 and a per-sequence mean; set objective.eps_low=3e-4 "
+            "objective.eps_high=4e-4 objective.loss_agg=grpo to follow it", *eps, o.loss_agg)
 
 
 def validate_world(cfg: Config, world_size: int) -> None:
