@@ -1,15 +1,20 @@
 """Start-up checks of a run's settings that look beyond the values themselves: at the machine
-(is the device there?), at the file system (is model.path a directory?), and at the rewards
-(are they known, and do they take the settings given?). Each returns the problems found, as
-messages that say what to change; `thinkrl.config.validate` gathers them.
+(is the device there?) and at the file system (is model.path a directory?); the rewards' own
+(are they known, and do they take the settings given?) are `rewards.settings.reward_problems`.
+Each returns the problems found, as messages that say what to change;
+`thinkrl.config.validate` gathers them. `ConfigError` is the error of a configuration that
+cannot run, here so that every layer may raise it.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says what to change."""
 
 
 def suggest(key: str, valid: list[str]) -> str:
@@ -54,47 +59,3 @@ def model_path_problems(path: str | None, where: str = "model.path") -> list[str
         return [f"{where} {path!r} {why}; give a model directory (with config.json), 'embedded', or a hub id "
                 "such as Qwen/Qwen2.5-0.5B"]
     return []
-
-
-def reward_problems(rw, max_new_tokens: int) -> list[str]:
-    """`rw`: a RewardsConfig. Unknown rewards, settings of rewards not in the run, settings a
-    registered reward does not take or refuses (`rewards.settings`), and length shaping that
-    can never apply under the rollout's token budget."""
-    from .rewards import REWARDS
-    from .rewards.settings import check_settings
-
-    errors = []
-    if not rw.weights:
-        errors.append("rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
-    named = {name: "rewards.weights" for name in rw.weights}
-    for kind, weights in rw.by_type.items():
-        if not weights:
-            errors.append(f"rewards.by_type.{kind} is empty; name its rewards, e.g. {{accuracy: 1.0}}")
-        named.update({name: f"rewards.by_type.{kind}" for name in weights if name not in named})
-    for name, where in named.items():
-        if not (name in REWARDS or ":" in name):
-            errors.append(f"{where} names unknown reward {name!r}" + suggest(name, sorted(REWARDS))
-                          + " (or give an import path package.module:function)")
-    bad_settings = set()
-    for name, params in rw.params.items():
-        if name not in named:
-            errors.append(f"rewards.params.{name} sets a reward that is not in rewards.weights or rewards.by_type"
-                          + suggest(name, sorted(named)))
-        if not isinstance(params, dict):
-            errors.append(f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
-        elif name in REWARDS:  # a user's reward is checked when it is imported, at the start of the run
-            found = check_settings(name, REWARDS[name], params, registered=True)
-            errors += found
-            bad_settings.update([name] if found else [])
-    if not rw.timeout_s > 0:
-        errors.append("rewards.timeout_s must be > 0 seconds")
-    for name in ("overlong", "cosine_length"):  # length shaping must be able to reach the budget
-        if name in rw.weights and name in REWARDS and name not in bad_settings:
-            limit = rw.params.get(name, {}).get("max_length")
-            if limit is None:
-                limit = inspect.signature(REWARDS[name]).parameters["max_length"].default
-            if limit > max_new_tokens:
-                errors.append(f"the {name} reward's max_length is {limit} but completions stop at "
-                              f"rollout.max_new_tokens={max_new_tokens}, so its length shaping never applies; set "
-                              f"rewards.params.{name}.max_length={max_new_tokens}")
-    return errors

@@ -17,10 +17,8 @@ from pathlib import Path
 import yaml
 
 from . import checks
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message says what to change."""
+from .checks import ConfigError
+from .rewards.settings import reward_problems
 
 
 @dataclass
@@ -349,7 +347,7 @@ def validate(cfg: Config) -> None:
     errors += checks.device_problems(cfg.model.device)
     errors += checks.model_path_problems(cfg.model.path) + checks.model_path_problems(cfg.model.tokenizer,
                                                                                      "model.tokenizer")
-    errors += checks.reward_problems(cfg.rewards, r.max_new_tokens)
+    errors += reward_problems(cfg.rewards, r.max_new_tokens)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     warn_gspo(o)

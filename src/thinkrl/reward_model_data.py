@@ -5,14 +5,10 @@ check a reward model's scores against the rule that made the synthetic pairs."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
 from .config import ConfigError
-
-if TYPE_CHECKING:
-    from .reward_model import RMDataConfig
+from .reward_model_config import RMDataConfig
 
 
 def auc(scores: list[float], labels: list[bool]) -> float:

@@ -1,6 +1,7 @@
 """Rewards from trained reward models (DeepSeek-R1 stage 4, docs/R1-PIPELINE.md): on general
 prompts, helpfulness judged on the final summary only, harmlessness on the whole response,
-reasoning included. The models are made by `thinkrl rm` (`thinkrl.reward_model`).
+reasoning included. The models are made by `thinkrl rm` (`thinkrl.reward_model`) and loaded by
+`rewards.scorer`.
 
     rewards:
       weights: {accuracy: 1.0, format: 1.0, helpfulness: 1.0, harmlessness: 1.0}
@@ -45,8 +46,8 @@ _LOCK = threading.Lock()
 
 def load_reward_model(path: str, device: str = "auto"):
     """The `RewardModel` in `path` on `device`, loaded once and kept."""
-    from ..policy import resolve_device
-    from ..reward_model import RewardModel
+    from ..policy import resolve_device  # deferred, with .scorer: they import torch
+    from .scorer import RewardModel
 
     dev = str(resolve_device(device))
     key = (str(Path(path).resolve()), dev)

@@ -20,6 +20,9 @@ import difflib
 import inspect
 from typing import Callable
 
+from ..checks import suggest
+from . import REWARDS
+
 CONTRACT = {"completions", "prompts", "completion_lengths"}  # what the caller passes, never a setting
 COLUMNS = {"answer", "tests", "entry_point"}  # dataset columns a reward names: accepted, not listed as settings
 NOT_PROBED = {"reward_model", "helpfulness", "harmlessness"}  # calling them loads a model
@@ -60,3 +63,44 @@ def check_settings(name: str, fn: Callable, params: dict, registered: bool, wher
             settings = ", ".join(f"{k}={v!r}" for k, v in params.items())
             return [f"{where}.{name}: the {name!r} reward refuses {settings}: {e}"]
     return []
+
+
+def reward_problems(rw, max_new_tokens: int) -> list[str]:
+    """`rw`: a RewardsConfig. Unknown rewards, settings of rewards not in the run, settings a
+    registered reward does not take or refuses (`check_settings`), and length shaping that
+    can never apply under the rollout's token budget."""
+    errors = []
+    if not rw.weights:
+        errors.append("rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
+    named = {name: "rewards.weights" for name in rw.weights}
+    for kind, weights in rw.by_type.items():
+        if not weights:
+            errors.append(f"rewards.by_type.{kind} is empty; name its rewards, e.g. {{accuracy: 1.0}}")
+        named.update({name: f"rewards.by_type.{kind}" for name in weights if name not in named})
+    for name, where in named.items():
+        if not (name in REWARDS or ":" in name):
+            errors.append(f"{where} names unknown reward {name!r}" + suggest(name, sorted(REWARDS))
+                          + " (or give an import path package.module:function)")
+    bad_settings = set()
+    for name, params in rw.params.items():
+        if name not in named:
+            errors.append(f"rewards.params.{name} sets a reward that is not in rewards.weights or rewards.by_type"
+                          + suggest(name, sorted(named)))
+        if not isinstance(params, dict):
+            errors.append(f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
+        elif name in REWARDS:  # a user's reward is checked when it is imported, at the start of the run
+            found = check_settings(name, REWARDS[name], params, registered=True)
+            errors += found
+            bad_settings.update([name] if found else [])
+    if not rw.timeout_s > 0:
+        errors.append("rewards.timeout_s must be > 0 seconds")
+    for name in ("overlong", "cosine_length"):  # length shaping must be able to reach the budget
+        if name in rw.weights and name in REWARDS and name not in bad_settings:
+            limit = rw.params.get(name, {}).get("max_length")
+            if limit is None:
+                limit = inspect.signature(REWARDS[name]).parameters["max_length"].default
+            if limit > max_new_tokens:
+                errors.append(f"the {name} reward's max_length is {limit} but completions stop at "
+                              f"rollout.max_new_tokens={max_new_tokens}, so its length shaping never applies; set "
+                              f"rewards.params.{name}.max_length={max_new_tokens}")
+    return errors

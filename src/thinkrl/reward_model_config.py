@@ -1,0 +1,130 @@
+"""The settings of `thinkrl rm` (`RMConfig`: model, data, train, log), their defaults and the
+checks run before anything is loaded (`validate`, `load_rm_config`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ConfigError, load_into
+from .template import render
+
+PARTS = ("whole", "summary")
+RULES = ("auto", "none", "helpfulness", "harmlessness")
+
+
+@dataclass
+class RMModelConfig:
+    path: str = "embedded"  # the model to start from ("embedded", a directory, a hub id); with init=random, whose
+    #                         architecture and vocabulary a fresh model takes
+    tokenizer: str | None = None  # defaults to `path`
+    init: str = "random"  # pretrained: path's weights (LM head replaced) | random: a fresh model sized below
+    layers: int = 2  # pretrained: keep the first N decoder layers; random: N layers; 0 = as many as path has
+    hidden_size: int = 32  # random only: the width (MLP 4×, path's head count); 0 = path's
+    template: str = "none"  # how a question becomes the prompt the RM reads (thinkrl.template.render): the bare
+    #                         question; r1_zero (the policy's prompt) put 85 uninformative tokens in front and cost
+    #                         the tiny model 0.953 -> 0.900 held-out accuracy at twice the time
+    attention: str = "auto"  # transformers attention: auto (eager on CPU, where it made tiny-model steps ~30% faster
+    #                          than sdpa; the model's default elsewhere) | eager | sdpa
+    device: str = "auto"
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
+
+
+@dataclass
+class RMDataConfig:
+    train: str = "synthetic:helpfulness"  # JSONL of {prompt, chosen, rejected}, or synthetic:helpfulness|harmlessness
+    test: str = "synthetic"  # JSONL | synthetic (held-out synthetic pairs) | split (test_share of train) | none
+    part: str = "whole"  # what of a response is scored: whole | summary (after the last </think>)
+    rule: str = "auto"  # rule to check held-out scores against: helpfulness | harmlessness | none | auto (synthetic's)
+    synthetic_train: int = 10000  # pairs made for synthetic:...
+    synthetic_test: int = 300
+    synthetic_seed: int = 0
+    test_share: float = 0.1  # for test: split
+    max_tokens: int = 0  # longer pairs are skipped (counted); 0 = the model's context
+    on_bad_row: str = "error"  # a malformed line: error (file:line) | skip (counted)
+
+
+@dataclass
+class RMTrainConfig:
+    steps: int = 1500
+    batch_size: int = 32  # pairs per step (2× as many sequences)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
+    eval_every: int = 250  # held-out accuracy every N steps (and at the end); 0 = at the end only
+    eval_batch_size: int = 256  # sequences per scoring forward
+
+
+@dataclass
+class RMLogConfig:
+    progress: bool = True
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+
+@dataclass
+class RMConfig:
+    model: RMModelConfig = field(default_factory=RMModelConfig)
+    data: RMDataConfig = field(default_factory=RMDataConfig)
+    train: RMTrainConfig = field(default_factory=RMTrainConfig)
+    log: RMLogConfig = field(default_factory=RMLogConfig)
+
+
+def validate(cfg: RMConfig) -> None:
+    errors = []
+    d, t, m = cfg.data, cfg.train, cfg.model
+
+    def need(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    need(d.part in PARTS, f"data.part {d.part!r}: use whole (the response, reasoning included) or summary "
+         "(the text after the last </think>)")
+    need(d.rule in RULES, f"data.rule {d.rule!r}: use one of {', '.join(RULES)}")
+    synthetic = d.train.startswith("synthetic:")
+    need(not synthetic or d.train in ("synthetic:helpfulness", "synthetic:harmlessness"),
+         f"data.train {d.train!r}: the synthetic sets are synthetic:helpfulness and synthetic:harmlessness")
+    need(bool(d.train.strip()), "data.train is empty: give a JSONL of {prompt, chosen, rejected} or "
+         "synthetic:helpfulness")
+    need(d.test != "synthetic" or synthetic, "data.test=synthetic needs a synthetic data.train; give a JSONL path, "
+         "split or none")
+    need(d.synthetic_train >= 1 and d.synthetic_test >= 1, "data.synthetic_train and data.synthetic_test must be >= 1")
+    need(0 < d.test_share < 1, f"data.test_share={d.test_share} must be in (0, 1)")
+    need(d.max_tokens >= 0, "data.max_tokens must be >= 0 (0 = the model's context)")
+    need(d.on_bad_row in ("error", "skip"), f"data.on_bad_row {d.on_bad_row!r}: use error or skip")
+    need(t.steps >= 1, "train.steps must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size (pairs per step) must be >= 1")
+    need(t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
+    need(t.lr > 0, "train.lr must be positive")
+    need(t.weight_decay >= 0, "train.weight_decay must be >= 0")
+    need(t.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+    need(t.schedule in ("constant", "linear", "cosine"),
+         f"train.schedule {t.schedule!r}: use constant, linear or cosine")
+    need(t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 turns clipping off)")
+    need(t.eval_every >= 0, "train.eval_every must be >= 0 (0 = at the end only)")
+    need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+    need(m.layers >= 0, "model.layers must be >= 0 (0 keeps every layer)")
+    need(m.init in ("pretrained", "random"), f"model.init {m.init!r}: use pretrained (the weights of model.path) or "
+         "random (a fresh model of its architecture)")
+    need(m.hidden_size >= 0, "model.hidden_size must be >= 0 (0 = model.path's)")
+    need(not (m.hidden_size and m.init != "random"),
+         "model.hidden_size resizes a fresh model only; set model.init=random or model.hidden_size=0")
+    need(m.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {m.dtype!r}: use auto, float32 or bfloat16")
+    need(m.attention in ("auto", "eager", "sdpa"), f"model.attention {m.attention!r}: use auto, eager or sdpa")
+    if m.template != "chat":
+        try:
+            render("q", m.template)
+        except ValueError as e:
+            errors.append(f"model.template: {e}")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def load_rm_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RMConfig:
+    cfg = load_into(RMConfig(), path, overrides)
+    validate(cfg)
+    return cfg
