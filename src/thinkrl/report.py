@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import re
 from pathlib import Path
 
+from .evaluation.analyze import plots as paper_plots
 from .metrics import read_metrics as load_metrics
+from .plots import render_png
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1320px;margin:24px auto;padding:0 16px;color:#222}
@@ -79,36 +80,6 @@ def _draw(ax, rows, key, label, color, kind="train") -> bool:
     else:
         ax.plot(xs, ys, "-o" if len(xs) == 1 else "-", color=color, label=label, markersize=3, linewidth=1.4)
     return True
-
-
-def render_png(title, ylabel, draw, unit=False, xlabel="step") -> bytes | None:
-    """Run draw(ax) -> bool on a fresh figure; the PNG bytes, or None if nothing was drawn."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if not draw(ax):
-        return None
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel(xlabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    if unit and 0 <= ax.dataLim.y0 and ax.dataLim.y1 <= 1:  # a share: show all of [0, 1]
-        ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    handles, labels = [], []
-    for a in fig.axes:
-        h, l = a.get_legend_handles_labels()
-        handles, labels = handles + h, labels + l
-    if len(handles) > 1:
-        fig.axes[-1].legend(handles, labels, fontsize=7, ncol=2 if len(handles) > 5 else 1, framealpha=0.8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _img(title, png: bytes | None) -> str:
@@ -230,9 +201,8 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
 
 
 def analysis_plots(rows):
-    from .evaluation.analyze import plots  # the paper's analyses: length by difficulty, each reflective word
-
-    return [(t, png) for t, png in plots(rows) if t in ("Response length against difficulty",
+    """Two of the paper's analyses (`thinkrl analyze`): length by difficulty, each reflective word."""
+    return [(t, png) for t, png in paper_plots(rows) if t in ("Response length against difficulty",
                                                          "Reflective words across training")]
 
 

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 from ..metrics import REFLECTION_WORDS, read_metrics
+from ..plots import render_png
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
@@ -66,8 +67,6 @@ def tables(rows: list[dict]) -> dict:
 
 def plots(rows: list[dict]) -> list[tuple[str, bytes]]:
     """(title, PNG) for each analysis that has data."""
-    from ..report import render_png
-
     t = tables(rows)
     steps, levels, by = t["eval_steps"], t["levels"], t["by_step"]
     n = max(1, len(steps) - 1)
