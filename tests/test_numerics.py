@@ -94,6 +94,23 @@ def test_a_loaded_policy_gives_the_same_logprobs_in_train_mode_whatever_its_drop
     assert not any(v for k, v in model.config.to_dict().items() if "drop" in k and isinstance(v, float))
 
 
+def test_a_reward_model_trains_without_dropout(tmp_path, monkeypatch):
+    import thinkrl.reward_model as rm
+
+    path, models = _dropout_model_dir(tmp_path / "qwen2", "qwen2"), []
+    real = rm.load_reward_backbone
+    monkeypatch.setattr(rm, "load_reward_backbone", lambda *a, **k: models.append(real(*a, **k)) or models[-1])
+    args = ["model.template=none", f"model.path={path}", "train.steps=1", "train.batch_size=8", "log.progress=false",
+            "data.synthetic_train=16", "data.synthetic_test=8", "train.threads=1"]
+    rm.train_reward_model(rm.load_rm_config(None, args), tmp_path / "rm")
+    model = models[0].train()  # the model the pairs were scored with, in the mode they were
+    ids = torch.tensor([[5, 9, 12, 7, 3, 8]])
+    torch.manual_seed(1)
+    a = model(input_ids=ids).logits
+    torch.manual_seed(2)
+    assert torch.equal(a, model(input_ids=ids).logits)  # chosen and rejected scored by one function
+
+
 # ---------------------------------------------------------------- 3. a teacher that forbids a token
 
 

@@ -56,7 +56,7 @@ from .config import ConfigError, to_yaml
 from .data import DataError
 from .loop import lr_factor
 from .metrics import MetricsWriter
-from .policy import autocast, load_tokenizer, resolve_device, save_pretrained
+from .policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
     load_rm_config, validate
 from .reward_model_data import load_data, rule_metrics, rule_verdicts
@@ -146,6 +146,7 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
     verdicts = rule_verdicts(test, rule) if rule != "none" and test else None
     tok = load_tokenizer(m.tokenizer or m.path)
     model = load_reward_backbone(m.path, device, m.layers, t.seed, m.init, m.hidden_size, m.attention)
+    disable_dropout(model)  # both responses of a pair scored by the same function, as the policy trainers
     model.config.pad_token_id = tok.pad_token_id
     limit = d.max_tokens or int(getattr(model.config, "max_position_embeddings", 0) or 0) or 10**9
     train, train_enc = encode_pairs(tok, train, m.template, d.part, limit, "train")
