@@ -89,7 +89,7 @@ def test_prompt_ids_must_be_unique(tmp_path):
 
 @pytest.fixture(scope="module")
 def embedded_samples():
-    from thinkrl.pipeline.sample import SampleSettings, sample_answers
+    from thinkrl.rollout.sample import SampleSettings, sample_answers
 
     torch.set_num_threads(1)
     rows = load_prompts(ColdStartConfig().prompts)[:16]

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import data
 from .data import load_dataset, load_jsonl
-
-if TYPE_CHECKING:
-    from .distill import DistillConfig, DistillDataConfig, FilterConfig
+from .distill_config import DistillConfig, DistillDataConfig, FilterConfig
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...], on_bad_row: str = "error") -> list[dict]:
@@ -67,9 +65,9 @@ def load_prompts(d: DistillDataConfig, eval_size: int) -> tuple[list[dict], list
 
 
 def teacher_samples(cfg: DistillConfig, prompts: list[dict]) -> list[dict]:
-    """The teacher's `sample.n` samples of every prompt (`pipeline.sample.sample_answers`), or
+    """The teacher's `sample.n` samples of every prompt (`rollout.sample.sample_answers`), or
     the rows of an existing dataset (data.dataset, --data)."""
-    from .pipeline.sample import SampleSettings, sample_answers
+    from .rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
     from tqdm.auto import tqdm
 
     from .policy import load_tokenizer

@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .data import PromptSampler
-from .distill import DistillConfig, DistillError, evaluate_model
+from .distill_config import DistillConfig, DistillError
+from .distill_eval import evaluate_model
 from .distill_data import load_prompts
 from .metrics import MetricsWriter, mean, read_metrics
 from .policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained

@@ -29,7 +29,6 @@ Two ways to spend less compute, both exact (tested against each sample run alone
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import math
@@ -38,205 +37,25 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .config import ConfigError, load_into, to_yaml
+from .config import ConfigError, to_yaml
 from .data import DataError, PromptSampler
-from .policy import (autocast, cache_kwarg, load_model, load_tokenizer, output_cache, resolve_device,
-                     save_pretrained)
+from .policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
 from .loop import StopRequest, lr_factor
 from .rundir import run_claimed, write_text_atomic
+from .sft_config import SFTConfig, load_sft_config, validate_sft
+from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
 
 log = logging.getLogger("thinkrl")
 
-
-@dataclass
-class SFTModelConfig:
-    path: str = "embedded"  # "embedded", a local directory or a hub id
-    tokenizer: str | None = None  # None = path (a distillation student keeps its own tokenizer)
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
-    device: str = "auto"
-
-
-@dataclass
-class SFTDataConfig:
-    train: str | None = None  # JSONL of {prompt, response} or {messages} rows (required)
-    eval: str | None = None  # JSONL held-out set, or None
-    eval_fraction: float = 0.0  # held out of train (seeded) when eval is None; 0 = no held-out loss
-    template: str = "r1_zero"  # for prompt rows: r1_zero | chat | none | a string with {prompt}
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    messages_field: str = "messages"
-    max_length: int | None = None  # tokens per sample, longer ones skipped and counted; None = model context
-    on_bad_row: str = "error"  # error (file:line) | skip (counted)
-
-
-@dataclass
-class SFTOptimConfig:
-    lr: float = 1e-4  # R1 distillation: 1e-4 (1.5B student) down to 2e-5 (70B)
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.03  # of all steps, when warmup_steps is 0
-    schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
-
-
-@dataclass
-class SFTTrainConfig:
-    epochs: int = 2  # R1 stage 3: 2 epochs
-    batch_size: int = 64  # samples per optimizer step (R1 distillation: 64)
-    micro_batch_size: int = 8  # samples per forward/backward; gradient accumulation beyond
-    packing: bool = False  # several samples per row, attention kept inside each
-    pack_length: int | None = None  # tokens per packed row; None = data.max_length
-    share_prefix: bool = True  # unpacked: run a micro-batch's common prompt head once (exact; ~2x on r1_zero data)
-    seed: int = 0
-    save_every: int = 200  # steps; 0 = at the end only
-    keep_checkpoints: int = 2
-    eval_every: int = 0  # held-out loss every N steps (and at start and end); 0 = start and end only
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
-    log_every: int = 1  # a metrics line every N steps (loss averaged over them)
-    progress: bool = True
-
-
-@dataclass
-class SFTConfig:
-    model: SFTModelConfig = field(default_factory=SFTModelConfig)
-    data: SFTDataConfig = field(default_factory=SFTDataConfig)
-    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
-    train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
-
-
-def validate_sft(cfg: SFTConfig) -> None:
-    d, o, t = cfg.data, cfg.optim, cfg.train
-    errors = []
-
-    def need(cond, msg):
-        if not cond:
-            errors.append(msg)
-
-    need(d.train is not None, "data.train is not set: give the training JSONL, e.g. --config FILE.yaml or "
-         "data.train=PATH.jsonl")
-    need(0 <= d.eval_fraction < 1, f"data.eval_fraction={d.eval_fraction} must be in [0, 1)")
-    need(not (d.eval and d.eval_fraction > 0), "data.eval and data.eval_fraction are both set: use one held-out "
-         "set (data.eval_fraction=0 with a data.eval file, or no data.eval)")
-    need(d.template in ("r1_zero", "chat", "none") or "{prompt}" in d.template,
-         f"data.template={d.template!r}: use r1_zero, chat, none, or a string containing {{prompt}}")
-    need(d.max_length is None or d.max_length >= 2, f"data.max_length={d.max_length} must be >= 2 tokens (or null)")
-    need(d.on_bad_row in ("error", "skip"), f"data.on_bad_row={d.on_bad_row!r}: use error or skip")
-    need(all((d.prompt_field, d.response_field, d.messages_field)), "data.*_field names must not be empty")
-    need(o.lr > 0, f"optim.lr={o.lr} must be positive")
-    need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
-    need(all(0 <= b < 1 for b in o.betas), f"optim.betas={list(o.betas)} must each be in [0, 1)")
-    need(o.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0 turns clipping off)")
-    need(o.warmup_steps >= 0 and 0 <= o.warmup_ratio < 1, "optim.warmup_steps must be >= 0 and optim.warmup_ratio "
-         "in [0, 1)")
-    need(o.schedule in ("constant", "linear", "cosine"), f"optim.schedule={o.schedule!r}: use constant, linear or "
-         "cosine")
-    need(t.epochs >= 1, f"train.epochs={t.epochs}: train for at least 1 epoch")
-    need(t.batch_size >= 1 and t.micro_batch_size >= 1, "train.batch_size and train.micro_batch_size must be >= 1")
-    if t.batch_size >= 1 and t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size:
-        divisors = [k for k in range(1, t.batch_size + 1) if t.batch_size % k == 0 and k <= t.micro_batch_size]
-        errors.append(f"train.batch_size={t.batch_size} is not divisible by train.micro_batch_size="
-                      f"{t.micro_batch_size} (samples per step = micro-batches × micro_batch_size); set "
-                      f"train.micro_batch_size={divisors[-1]} or another divisor of {t.batch_size}")
-    need(t.pack_length is None or t.pack_length >= 2, f"train.pack_length={t.pack_length} must be >= 2 (or null)")
-    need(not (t.pack_length and d.max_length and t.pack_length < d.max_length),
-         f"train.pack_length={t.pack_length} is shorter than data.max_length={d.max_length}, so the longest samples "
-         f"could not be packed; raise train.pack_length or lower data.max_length")
-    need(t.save_every >= 0 and t.eval_every >= 0, "train.save_every and train.eval_every must be >= 0")
-    need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
-    need(t.log_every >= 1, "train.log_every must be >= 1")
-    need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
-    need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r}: use auto, float32 "
-         "or bfloat16")
-    if errors:
-        raise ConfigError("invalid SFT configuration:\n  - " + "\n  - ".join(errors))
-
-
-def load_sft_config(path: str | None = None, overrides: list[str] | None = None) -> SFTConfig:
-    """Defaults, then the YAML file, then `section.key=value` overrides; then validation."""
-    cfg = load_into(SFTConfig(), path, overrides)
-    validate_sft(cfg)
-    return cfg
-
-
-# ---------------------------------------------------------------------------- the loss
-
-
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Σ −log softmax(logits)[target] over the targets that are not IGNORE (logits [..., V]
-    aligned with targets [...])."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
-    """Mean NLL over the response tokens. logits [B, L, V] and labels [B, L] aligned with the
-    input (labels IGNORE = -100 off the response): the logits at t predict labels[t + 1].
-    normaliser: divide by this count instead of this batch's (a whole step's, when
-    accumulating gradients over micro-batches)."""
-    targets = labels[:, 1:]
-    n = normaliser if normaliser is not None else int((targets != IGNORE).sum())
-    if n == 0:
-        raise ValueError("masked_lm_loss: no response tokens in the batch (every label is -100)")
-    return token_nll(logits[:, :-1], targets) / n
-
-
-def _keeps_logits(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def batch_nll(model, batch: Batch) -> torch.Tensor:
-    """Summed NLL of a batch's response tokens. Only the positions that predict a response
-    token go through the LM head (`logits_to_keep`), which spares the vocabulary projection
-    of every prompt token. With `batch.prefix_len` the common prefix runs once and its KV
-    cache (gradient included) serves every row, as `policy.completion_logprobs` does for a
-    group's shared prompt. Both equal masked_lm_loss on the full logits (tested)."""
-    targets = batch.labels[:, 1:]  # targets[:, j] is predicted by the logits at position j
-    P = batch.prefix_len
-    kwargs = dict(use_cache=False)
-    nll = 0.0
-    if P:
-        head = model(input_ids=batch.input_ids[:1, :P], position_ids=batch.position_ids[:1, :P], use_cache=True,
-                     **({"logits_to_keep": 1} if _keeps_logits(model) else {}))
-        cache = output_cache(head)
-        cache.batch_select_indices(torch.zeros(len(batch.input_ids), dtype=torch.long, device=targets.device))
-        nll = token_nll(head.logits[:, -1].expand(len(targets), -1), targets[:, P - 1])
-        kwargs = {"use_cache": True, cache_kwarg(model): cache}
-    ids, pos, targets = batch.input_ids[:, P:], batch.position_ids[:, P:], targets[:, P:]
-    if _keeps_logits(model):
-        keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
-        logits = model(input_ids=ids, position_ids=pos, logits_to_keep=keep, **kwargs).logits
-        return nll + token_nll(logits, targets[:, keep])
-    return nll + token_nll(model(input_ids=ids, position_ids=pos, **kwargs).logits[:, :-1], targets)
-
-
-def check_packing(model, device) -> float:
-    """The largest log-prob difference between two samples packed in one row and each run
-    alone; ConfigError if the model's attention ignores position-restart packing."""
-    V = model.config.vocab_size
-    a, b = [(7 * i + 3) % V for i in range(9)], [(5 * i + 11) % V for i in range(6)]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        lp = lambda ids, pos: model(input_ids=torch.tensor([ids], device=device), use_cache=False,  # noqa: E731
-                                    position_ids=torch.tensor([pos], device=device)).logits.float().log_softmax(-1)
-        packed = lp(a + b, list(range(9)) + list(range(6)))[0]
-        diff = max(float((packed[:9] - lp(a, list(range(9)))[0]).abs().max()),
-                   float((packed[9:] - lp(b, list(range(6)))[0]).abs().max()))
-    model.train(was_training)
-    if diff > 1e-3:
-        raise ConfigError(f"train.packing: this model ({type(model).__name__}, attention "
-                          f"{getattr(model.config, '_attn_implementation', '?')}) does not keep packed samples apart "
-                          f"(log-prob difference {diff:.2g} against each sample alone); set train.packing=false")
-    return diff
+# the settings live in thinkrl.sft_config, the loss in thinkrl.sft_loss; they are importable from here as well
+__all__ = ["SFTConfig", "SFTTrainer", "batch_nll", "check_packing", "load_sft_config", "lr_factor", "main",
+           "masked_lm_loss", "run_sft", "token_nll", "validate_sft"]
 
 
 # ---------------------------------------------------------------------------- the run

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import sys
 import time
 from collections import Counter
@@ -45,6 +44,7 @@ from ..config import ConfigError, load_into, to_yaml
 from .coldstart import (PromptsConfig, SamplingConfig, format_report, load_prompts, per_prompt_histogram,
                         resolve_model, validate_prompts_sampling, write_jsonl)
 from .judge import UNJUDGED, GenerativeJudge, Verdict
+from .mix import load_general, mix
 
 log = logging.getLogger("thinkrl.pipeline")
 
@@ -260,61 +260,6 @@ def select(samples: list[dict], rows: dict, cfg: RejectConfig, judge=None) -> tu
     return kept, dropped
 
 
-# ---------------------------------------------------------------------------- the mix
-
-
-def load_general(path: str) -> list[dict]:
-    """Non-reasoning rows {prompt, response, type, source, other columns}: each line an object
-    with `prompt` (or `question`) and `response`; `type` defaults to "general"; the source is
-    the file and line. Bad lines raise DataError with file:line."""
-    from ..data import DataError
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file (mix.data)")
-    out = []
-    with p.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{p}:{lineno}: each line must be a JSON object")
-            prompt = row.get("prompt", row.get("question"))
-            response = row.get("response")
-            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(response, str) or not response.strip():
-                raise DataError(f"{p}:{lineno}: a non-reasoning row needs a non-empty 'prompt' (or 'question') and "
-                                f"'response' (fields present: {sorted(row)})")
-            source = {"data": str(p), "line": lineno}
-            if "source" in row:
-                source["origin"] = row["source"]
-            extra = {k: v for k, v in row.items() if k not in ("prompt", "question", "response", "type", "source")}
-            out.append({"prompt": prompt, "response": response, "type": row.get("type", "general"), **extra,
-                        "source": source})
-    if not out:
-        raise DataError(f"{p}: no non-reasoning rows (mix.data)")
-    return out
-
-
-def mix(kept: list[dict], general: list[dict], ratio: float, seed: int) -> tuple[list[dict], dict]:
-    """round(ratio × len(kept)) rows drawn from `general` without replacement (all of them,
-    with a warning, when there are too few), joined to `kept` and shuffled; both with `seed`."""
-    rng = random.Random(seed)
-    wanted = round(ratio * len(kept))
-    take = min(wanted, len(general))
-    if take < wanted:
-        log.warning("mix: wanted %d non-reasoning rows (ratio %.3g × %d kept) but only %d are available; using all",
-                    wanted, ratio, len(kept), len(general))
-    chosen = rng.sample(general, take) if take else []
-    rows = kept + chosen
-    rng.shuffle(rows)
-    return rows, {"reasoning": len(kept), "general_wanted": wanted, "general_available": len(general),
-                  "general": take, "short_by": wanted - take}
-
-
 # ---------------------------------------------------------------------------- stage
 
 
@@ -323,7 +268,7 @@ def run_reject(cfg: RejectConfig, out_dir: str | Path) -> dict:
     import torch
 
     from ..policy import load_model, load_tokenizer, resolve_device
-    from .sample import SampleSettings, sample_answers
+    from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
 
     validate(cfg)
     if cfg.threads:

@@ -47,7 +47,7 @@ def evaluate_model(s: dict, out: Path) -> dict:
 def _general(s: dict, out: Path) -> dict:
     from ..metrics import mean
     from ..task.general import judge_harmless, judge_helpful
-    from .sample import SampleSettings, sample_answers
+    from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
 
     rows = [json.loads(line) for line in Path(s["general"]).open() if line.strip()][: int(s.get("general_limit", 100))]
     got = sample_answers(s["model"], rows, SampleSettings(n=int(s.get("general_samples", 2)), temperature=0.6,

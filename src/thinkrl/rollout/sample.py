@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..policy import load_model, load_tokenizer, resolve_device
+from ..template import render
+from .engine import SamplingParams
+from .hf import HFEngine
+
 log = logging.getLogger("thinkrl.pipeline")
 
 
@@ -33,10 +38,6 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
     A question whose prompt plus `max_new_tokens` does not fit the model's context is skipped
     (logged). `model_obj`/`tokenizer` reuse an already loaded model (`model` then only names it).
     Deterministic in `s.seed`."""
-    from ..policy import load_model, load_tokenizer, resolve_device
-    from ..rollout import HFEngine, SamplingParams
-    from ..template import render
-
     dev = resolve_device(s.device)
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
     lm = model_obj if model_obj is not None else load_model(model, dev, requires_grad=False)

@@ -1,0 +1,34 @@
+"""The held-out evaluation of a distilled student (and of the student before), by the R1
+protocol (`thinkrl.evaluate`): accuracy and format rate of sampled answers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from .distill_config import DistillConfig
+from .template import render
+
+
+def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop: list[str], seed: int) -> dict:
+    """Held-out accuracy and format rate of a model by the R1 protocol (`thinkrl.evaluate`)."""
+    from .evaluate import evaluate  # deferred, as below: they import torch (`thinkrl distill` loads it when it runs)
+    from .rollout import HFEngine
+
+    if not rows:
+        return {}
+    context = getattr(model.config, "max_position_embeddings", None) or 10**9
+    prompts = [tokenizer(render(r["question"], cfg.data.template, tokenizer), add_special_tokens=False)["input_ids"]
+               for r in rows]
+    fits = [i for i, p in enumerate(prompts) if len(p) + cfg.eval.max_new_tokens <= context]
+    engine = HFEngine(model, tokenizer, next(model.parameters()).device)
+    shim = SimpleNamespace(eval=cfg.eval, rollout=SimpleNamespace(stop=list(stop)))
+    return evaluate(engine, [prompts[i] for i in fits], [rows[i] for i in fits], shim, seed)
+
+
+def evaluate_path(path: str, tok_path: str | None, rows, cfg: DistillConfig) -> dict:
+    from .policy import load_model, load_tokenizer, resolve_device
+
+    if not rows:
+        return {}
+    model = load_model(path, resolve_device(cfg.student.device), requires_grad=False)
+    return evaluate_model(model, load_tokenizer(tok_path or path), rows, cfg, cfg.sample.stop, cfg.run.seed + 1)
