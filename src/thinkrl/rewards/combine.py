@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 
 from .base import Scored, scores_of
@@ -50,10 +51,12 @@ def _in_daemon_thread(name: str, timeout_s: float, fn, *args, **kwargs):
     return box["value"]
 
 
-def _call_reward(name: str, completions: list[str], kwargs: dict) -> list[Scored]:
-    """Runs in a reward worker: the reward by name or import path, with reasons."""
+def _call_reward(name: str, completions: list[str], kwargs: dict, path: list[str] | None = None) -> list[Scored]:
+    """Runs in a reward worker: the reward by name or import path, with reasons. `path` is the
+    caller's import path now (the worker may have started before the caller extended it)."""
     from . import get_reward
 
+    sys.path.extend(p for p in path or [] if p not in sys.path)
     return scores_of(get_reward(name), completions, **kwargs)
 
 
@@ -81,7 +84,8 @@ class WeightedRewards:
         if self.isolate:
             from .pool import shared_pool
 
-            [outcome] = shared_pool(None, 1).map(_call_reward, [(name, completions, kwargs)], self.timeout_s)
+            [outcome] = shared_pool(None, 1).map(_call_reward, [(name, completions, kwargs, list(sys.path))],
+                                                   self.timeout_s)
             if outcome.status != "ok":
                 raise RuntimeError(outcome.value)
             return outcome.value
