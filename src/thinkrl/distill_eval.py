@@ -11,7 +11,7 @@ from .template import render
 
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop: list[str], seed: int) -> dict:
     """Held-out accuracy and format rate of a model by the R1 protocol (`thinkrl.evaluate`)."""
-    from .evaluate import evaluate  # deferred, as below: they import torch (`thinkrl distill` loads it when it runs)
+    from .evaluate import evaluate  # deferred, as rollout: they import torch (`thinkrl distill` loads it when it runs)
     from .rollout import HFEngine
 
     if not rows:
@@ -26,7 +26,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop:
 
 
 def evaluate_path(path: str, tok_path: str | None, rows, cfg: DistillConfig) -> dict:
-    from .policy import load_model, load_tokenizer, resolve_device
+    """`evaluate_model` of the model in `path` (nothing when there are no rows)."""
+    from .policy import load_model, load_tokenizer, resolve_device  # deferred: torch
 
     if not rows:
         return {}
