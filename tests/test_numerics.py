@@ -150,3 +150,41 @@ def test_gspo_with_the_grpo_clip_range_is_warned_about_naming_the_papers_setting
         load_config(None, ["objective.sequence_ratio=true", "objective.eps_low=3e-4", "objective.eps_high=4e-4",
                            "objective.loss_agg=dapo"])
     assert [r for r in caplog.records if "2507.18071" in r.getMessage() and "dapo" in r.getMessage()]
+
+
+# ---------------------------------------------------------------- 5. the schedule counts every step
+
+CALLS = [0]
+
+
+def zero_then_nan_reward(completions, **kwargs):
+    """Step 1: every sample scores 0 (nothing to learn); step 3: NaN (the step is skipped);
+    otherwise half of each group scores 1."""
+    CALLS[0] += 1
+    if CALLS[0] in (1, 3):
+        return [0.0 if CALLS[0] == 1 else float("nan")] * len(completions)
+    return [float(i % 2) for i in range(len(completions))]  # something to learn in every group
+
+
+def test_the_schedule_advances_mu_per_step_however_the_step_was_skipped(tmp_path, qwen2_dir, monkeypatch):
+    import thinkrl.trainer as tr
+
+    real = tr.group_advantages
+    calls = [0]
+
+    def advantages(rewards, G, scale):  # step 2: advantages that make the loss inf (a skipped update)
+        calls[0] += 1
+        adv, zero = real(rewards, G, scale)
+        return (torch.full_like(adv, float("inf")), zero) if calls[0] == 2 else (adv, zero)
+
+    monkeypatch.setattr(tr, "group_advantages", advantages)
+    CALLS[0] = 0
+    mu, steps = 2, 4
+    overrides = random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{
+        "train.steps": steps, "objective.mu": mu, "train.save_every": 0, "eval.every": 0, "data.eval": "none",
+        "rewards.weights": "{'tests.test_numerics:zero_then_nan_reward': 1}", "rewards.isolate": "false",
+        "train.max_bad_steps": 5, "optim.warmup_steps": 3, "optim.schedule": "linear"})
+    trainer = tr.GRPOTrainer(load_config(None, overrides), tmp_path / "run")
+    trainer.run()
+    assert trainer.step == steps and CALLS[0] == steps
+    assert trainer.scheduler.last_epoch == steps * mu

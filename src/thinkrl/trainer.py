@@ -177,6 +177,8 @@ class GRPOTrainer(RunState):
         if skip_cause:  # never learn from a broken reward signal
             if self.is_main:
                 log.warning("step %d skipped: %s", self.step + 1, skip_cause)
+            for _ in range(cfg.objective.mu):  # the schedule counts skipped steps too (see update)
+                self.scheduler.step()
             timing["logprobs"] = timing["update"] = 0.0
             stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         else:
@@ -247,6 +249,11 @@ class GRPOTrainer(RunState):
 
         Returns the whole batch's loss, grad_norm, and token means of kl, clip_frac and ratio
         over the samples used, and skip_cause: "" or why the update was not applied.
+
+        The learning-rate schedule counts the optimizer steps the run meant to take, μ per
+        training step: every call advances it by μ, whether the updates were taken, there was
+        nothing to learn, or a NaN/inf loss or gradient stopped them (train_step does the same
+        for a step skipped for its rewards), so after n steps it stands at n·μ, as on --resume.
         """
         cfg, r, o = self.cfg, self.cfg.rollout, self.cfg.objective
         timing = {} if timing is None else timing
@@ -280,7 +287,7 @@ class GRPOTrainer(RunState):
         t3 = time.perf_counter()
         prof["forward_backward"] = prof["optimizer"] = 0.0
         ntok = max(keep_tok, 1)  # tokens used by the whole batch: the statistics' weights
-        for _ in range(o.mu):
+        for inner in range(o.mu):
             ti = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
@@ -314,6 +321,8 @@ class GRPOTrainer(RunState):
                 if self.is_main:
                     log.warning("step %d skipped: %s", self.step + 1, out["skip_cause"])
                 self.optimizer.zero_grad(set_to_none=True)
+                for _ in range(o.mu - inner):  # the skipped updates still count in the schedule
+                    self.scheduler.step()
                 break
             self.optimizer.step()
             self.scheduler.step()
