@@ -51,11 +51,13 @@ def test_a_reward_module_that_blocks_at_import_is_refused_within_the_time_limit(
         args = ["zero", "--out", str(tmp_path / "run"), *TINY, "rewards.weights={sleepy:reward: 1.0}",
                 "rewards.timeout_s=2"]
     t0 = time.monotonic()
-    r = thinkrl(args, tmp_path, timeout=90)
+    r = thinkrl(args, tmp_path, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "sleepy" in r.stderr and "took longer than 2 s" in r.stderr
     assert "Traceback" not in r.stderr
-    assert time.monotonic() - t0 < 60
+    # bounded by the 2 s limit plus start-up (torch, the model), not by the module's 600 s sleep;
+    # the margin is wide because start-up on a loaded 2-core machine has taken over 60 s
+    assert time.monotonic() - t0 < 200
 
 
 @pytest.mark.parametrize("exit_call", ["import os\nos._exit(0)", "import sys\nsys.exit(0)"])
