@@ -1,11 +1,47 @@
 """What every training loop here shares (GRPO, SFT, reward models, on-policy distillation):
-the learning-rate schedule and the graceful stop on Ctrl-C / SIGTERM."""
+the learning-rate schedule, the graceful stop on Ctrl-C / SIGTERM, and torch's thread count
+given back as it was when a piece of work ends."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import signal
 import threading
+
+
+@contextlib.contextmanager
+def threads_restored():
+    """Whatever the work inside sets torch's thread count to, it is the caller's again after
+    (a pipeline runs its stages in one process: one stage's `threads` must not leak into the
+    next)."""
+    import torch  # deferred: this module is imported by code that never needs torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def set_threads(n: int) -> int:
+    """Set torch's thread count to `n` (0: leave it); returns the count before, to give back."""
+    import torch  # deferred: this module is imported by code that never needs torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    return before
+
+
+def restoring_threads(fn):
+    """`fn`, run inside `threads_restored()`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threads_restored():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -54,7 +54,7 @@ import torch
 
 from .config import ConfigError, to_yaml
 from .data import DataError
-from .loop import lr_factor
+from .loop import lr_factor, threads_restored
 from .metrics import MetricsWriter
 from .policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
@@ -127,13 +127,10 @@ class _Batches:
 
 def train_reward_model(cfg: RMConfig, out: str | Path, show_progress: bool | None = None) -> dict:
     """Train, evaluate and save a reward model; returns the summary (also OUT/summary.json)."""
-    threads = torch.get_num_threads()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    try:
+    with threads_restored():  # the caller's setting again after (the pipeline goes on in this process)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         return _train(cfg, Path(out), show_progress)
-    finally:
-        torch.set_num_threads(threads)  # the caller's setting again (the pipeline goes on in this process)
 
 
 def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:

@@ -45,7 +45,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, to_yaml
 from .data import DataError, PromptSampler
 from .policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
-from .loop import StopRequest, lr_factor
+from .loop import StopRequest, lr_factor, set_threads
 from .rundir import run_claimed, write_text_atomic
 from .sft_config import SFTConfig, load_sft_config, validate_sft
 from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
@@ -66,8 +66,7 @@ class SFTTrainer:
         validate_sft(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
         d, t, o = cfg.data, cfg.train, cfg.optim
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        self.threads_before = set_threads(t.threads)  # given back when run() ends
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         self.device = resolve_device(cfg.model.device)
@@ -238,6 +237,7 @@ class SFTTrainer:
                     self.save()
         finally:
             stop.restore()
+            torch.set_num_threads(self.threads_before)
             bar.close()
         interrupted = self.step < self.total_steps
         final = None if interrupted else self._write_final()

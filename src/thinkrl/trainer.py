@@ -43,7 +43,7 @@ from . import distributed
 from .config import Config, validate_world
 from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
-from .loop import StopRequest, lr_factor
+from .loop import StopRequest, lr_factor, set_threads
 from .metrics import MetricsWriter, by_level, has_reflection, mean
 from .rundir import write_text_atomic
 from .objective import Normaliser, group_advantages, grpo_loss
@@ -69,8 +69,7 @@ class GRPOTrainer(RunState):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t = cfg.train
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        self.threads_before = set_threads(t.threads)  # given back when run() ends
         random.seed(t.seed)
         torch.manual_seed(t.seed)
         # under torchrun: join the process group (one process: nothing changes)
@@ -384,6 +383,7 @@ class GRPOTrainer(RunState):
                         break
         finally:
             stop.restore()
+            torch.set_num_threads(self.threads_before)
         interrupted = error is not None or (stopping and self.step < cfg.train.steps)
         progress.close()
         if error and self.is_main:

@@ -9,6 +9,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..loop import restoring_threads
 from .graph import StageContext, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")
@@ -160,8 +161,10 @@ def check(kind: str, settings: dict) -> None:
         validate(_fill(cls(), settings))
 
 
-KINDS = {"grpo": grpo, "sft": sft, "coldstart": coldstart, "reject": reject, "general": general_data,
-         "rm": reward_model, "mix": mix, "distill": distill, "eval": evaluate, "report": report}
+# every stage gives torch's thread count back as it found it: a stage's `threads` never leaks
+KINDS = {kind: restoring_threads(fn) for kind, fn in {
+    "grpo": grpo, "sft": sft, "coldstart": coldstart, "reject": reject, "general": general_data,
+    "rm": reward_model, "mix": mix, "distill": distill, "eval": evaluate, "report": report}.items()}
 
 
 def read_json(path: str | Path) -> dict:

@@ -1,0 +1,45 @@
+"""torch's thread count is the caller's again when a piece of work ends: a training run, a
+pipeline stage (the pipeline runs its stages in one process, so one stage's `threads` must
+not reach the next), a reward model's training."""
+
+import pytest
+import torch
+
+from tests.test_trainer import random_model_overrides, small_dataset
+from thinkrl.config import load_config
+from thinkrl.loop import threads_restored
+from thinkrl.pipeline.stages import KINDS
+from thinkrl.trainer import GRPOTrainer
+
+
+@pytest.fixture()
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_restored_gives_the_count_back_even_after_an_error(two_threads):
+    with pytest.raises(RuntimeError):
+        with threads_restored():
+            torch.set_num_threads(1)
+            raise RuntimeError("a stage failed")
+    assert torch.get_num_threads() == 2
+
+
+def test_every_pipeline_stage_kind_gives_the_thread_count_back(two_threads, tmp_path):
+    assert all(getattr(fn, "__wrapped__", None) is not None for fn in KINDS.values())
+    with pytest.raises(Exception):  # a real stage that sets threads=1 and then fails on its input
+        KINDS["sft"](type("Ctx", (), {"settings": {"train": {"threads": 1}, "data": {"train": "missing.jsonl"}},
+                                      "out": tmp_path, "resume": False, "name": "sft"})())
+    assert torch.get_num_threads() == 2
+
+
+def test_a_training_run_gives_the_thread_count_back(two_threads, tmp_path, qwen2_dir):
+    cfg = load_config(None, random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{
+        "train.steps": 1, "train.threads": 1, "eval.every": 0, "train.save_every": 0}))
+    trainer = GRPOTrainer(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == 1  # the run's own setting while it works
+    trainer.run()
+    assert torch.get_num_threads() == 2
