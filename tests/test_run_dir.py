@@ -216,3 +216,23 @@ def test_a_read_only_out_is_one_line_not_a_traceback(tmp_path):
                                            "--steps", "1", "--no-progress"])
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert "cannot create the run directory" in res.stderr and "Read-only file system" in res.stderr
+
+
+def test_a_final_model_save_that_fails_leaves_the_previous_one_whole(tmp_path, qwen2_dir, monkeypatch):
+    """The final save of SFT, the reward model and on-policy distillation (policy.save_pretrained)
+    is atomic: a save that dies half-way leaves the previous model as it was, and no debris."""
+    from thinkrl.policy import load_model, load_tokenizer, save_pretrained
+
+    model, tok = load_model(str(qwen2_dir), "cpu"), load_tokenizer(str(qwen2_dir))
+    final = tmp_path / "final"
+    save_pretrained(model, tok, final, extra={"info.json": "{}"})
+    before = snapshot(final)
+    assert "model.safetensors" in before and "info.json" in before
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(tok), "save_pretrained", disk_full)  # the weights are written, then this fails
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(model, tok, final)
+    assert snapshot(final) == before and sorted(p.name for p in tmp_path.iterdir()) == ["final"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,6 +210,20 @@ def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_
     return torch.cat([out.logits[:, -1:][inverse], rest.logits[:, :-1]], dim=1)
 
 
-def save_pretrained(model, tokenizer, directory: Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None) -> None:
+    """A model's final save in Hugging Face format (plus `extra` text files), atomically: written
+    under a temporary name, then renamed over `directory`, so a crash leaves the old one whole or
+    the new one whole, never half of either."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)

@@ -214,8 +214,7 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
                   "final_loss": row.get("loss"), "threads": torch.get_num_threads(), "device": str(device)},
     }
     model_dir = out / "model"
-    save_pretrained(model, tok, model_dir)
-    (model_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    save_pretrained(model, tok, model_dir, extra={INFO_FILE: json.dumps(info, indent=2) + "\n"})
     summary = {**info, "model_dir": str(model_dir), "wall_seconds": round(time.time() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

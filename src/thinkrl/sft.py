@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import sys
@@ -245,12 +244,8 @@ class SFTTrainer:
 
     def _write_final(self) -> Path:
         """RUN/final: the model and tokenizer in Hugging Face format, written then renamed."""
-        final, tmp = self.run_dir / "final", self.run_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_pretrained(self.model, self.tokenizer, tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        return final
+        save_pretrained(self.model, self.tokenizer, self.run_dir / "final")
+        return self.run_dir / "final"
 
     def _summary(self, final: Path | None, interrupted: bool) -> dict:
         from .metrics import read_metrics
