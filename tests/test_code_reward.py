@@ -52,7 +52,7 @@ def test_humaneval_stub_bodies_fail(humaneval):
                                 prompt=[r["prompt"] for r in humaneval])
     failed = [s for s in scores if s.value == 0.0]
     print(f"HumanEval `return None` bodies: {len(failed)}/164 fail")
-    assert len(failed) >= 160
+    assert len(failed) == 164
     assert all(s.reason.startswith("0/1 tests passed; first failure: ") for s in failed)
     # the reason names the failing assertion
     assert any("AssertionError at: assert candidate(" in s.reason for s in failed), failed[:3]
