@@ -59,6 +59,14 @@ def test_impossible_values_fail_at_start_with_a_fix(override, message):
         load_config(None, [override])
 
 
+def test_level_field_other_than_level_is_refused_not_ignored(tmp_path):
+    """data.level_field was read nowhere: a column named otherwise gave no per-level metrics,
+    silently. Now it says what to do; the default (and saved run configs holding it) still load."""
+    with pytest.raises(ConfigError, match="data.level_field='difficulty' is not supported.*rename that column"):
+        load_config(None, ["data.level_field=difficulty"])
+    assert load_config(write(tmp_path, "data:\n  level_field: level\n")).data.level_field == "level"
+
+
 def test_wrong_types_are_named(tmp_path):
     with pytest.raises(ConfigError, match="rollout.group_size must be int"):
         load_config(None, ["rollout.group_size=eight"])

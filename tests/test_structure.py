@@ -160,3 +160,25 @@ def test_the_checks_see_what_they_check():
     assert len(edges) > 100 and ("thinkrl.trainer", "thinkrl.rewards.combine") in {(a, b) for a, b, _ in edges}
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert layer_of("thinkrl.rewards.math") < layer_of("thinkrl.trainer") < layer_of("thinkrl.cli")
+
+
+def engine_constructions(mods: dict[str, Path]) -> list[str]:
+    """`HFEngine(...)` calls (by name or attribute) in modules outside thinkrl.rollout."""
+    found = []
+    for name, path in mods.items():
+        if name == f"{PACKAGE}.rollout" or name.startswith(f"{PACKAGE}.rollout."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                called = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                if called == "HFEngine":
+                    found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_engines_are_built_only_in_rollout(mods):
+    """Every sampler gets its engine from `rollout.make_engine`, so another engine (vLLM, Ray)
+    is one change in rollout/, not one in each caller."""
+    built = engine_constructions(mods)
+    assert not built, "HFEngine(...) built outside thinkrl.rollout (use rollout.make_engine): " + ", ".join(built)

@@ -36,7 +36,7 @@ class DataConfig:
     eval: str = "embedded"  # "embedded", a JSONL path, or "none"
     question_field: str = "question"
     answer_field: str = "answer"
-    level_field: str = "level"  # optional difficulty column, used to break metrics down
+    level_field: str = "level"  # fixed: metrics are broken down by the rows' "level" field (validate says so)
     type_field: str = "type"  # optional row type column; with rewards.by_type it picks each row's rewards
     eval_size: int = 300  # at most this many held-out questions (0 = all)
     max_prompt_tokens: int = 256  # longer questions are skipped (and counted)
@@ -343,6 +343,8 @@ def validate(cfg: Config) -> None:
     need(opt.weight_decay >= 0, "optim.weight_decay must be >= 0")
     need(all(0 <= b < 1 for b in opt.betas), f"optim.betas {list(opt.betas)}: each must be in [0, 1), e.g. [0.9, 0.99]")
     need(cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all)")
+    need(cfg.data.level_field == "level", f"data.level_field={cfg.data.level_field!r} is not supported: per-level "
+         "metrics always read the rows' 'level' field; rename that column in your data to level and drop data.level_field")
     need(e.batch_size >= 1, "eval.batch_size must be >= 1")
     errors += checks.device_problems(cfg.model.device)
     errors += checks.model_path_problems(cfg.model.path) + checks.model_path_problems(cfg.model.tokenizer,

@@ -12,7 +12,7 @@ from .template import render
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop: list[str], seed: int) -> dict:
     """Held-out accuracy and format rate of a model by the R1 protocol (`thinkrl.evaluate`)."""
     from .evaluate import evaluate  # deferred, as rollout: they import torch (`thinkrl distill` loads it when it runs)
-    from .rollout import HFEngine
+    from .rollout import make_engine
 
     if not rows:
         return {}
@@ -20,7 +20,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop:
     prompts = [tokenizer(render(r["question"], cfg.data.template, tokenizer), add_special_tokens=False)["input_ids"]
                for r in rows]
     fits = [i for i, p in enumerate(prompts) if len(p) + cfg.eval.max_new_tokens <= context]
-    engine = HFEngine(model, tokenizer, next(model.parameters()).device)
+    engine = make_engine("hf", model, tokenizer, next(model.parameters()).device)
     shim = SimpleNamespace(eval=cfg.eval, rollout=SimpleNamespace(stop=list(stop)))
     return evaluate(engine, [prompts[i] for i in fits], [rows[i] for i in fits], shim, seed)
 

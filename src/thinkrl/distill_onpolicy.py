@@ -44,7 +44,7 @@ from .metrics import MetricsWriter, mean, read_metrics
 from .policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained
 from .progress import live_line
 from .rewards import get_reward
-from .rollout import HFEngine, SamplingParams
+from .rollout import SamplingParams, make_engine
 from .template import render
 from .loop import StopRequest
 
@@ -121,7 +121,7 @@ class OnPolicyDistiller:
         rows, held = load_prompts(cfg.data, cfg.eval.size)
         self.rows, self.prompts = self._fit(rows, context, "training")
         self.held, self.held_prompts = self._fit(held, context, "held-out") if held else ([], [])
-        self.engine = HFEngine(self.student, self.tok, self.device)
+        self.engine = make_engine("hf", self.student, self.tok, self.device)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=op.lr, weight_decay=0.0)
         warm = op.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: (i + 1) / warm if i < warm else 1.0)

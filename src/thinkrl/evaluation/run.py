@@ -139,7 +139,7 @@ def run_eval(model: str, benchmarks: list[str], out: str | Path, settings: EvalS
     """Evaluate `model` (a local directory, a hub id or "embedded") on each benchmark; write
     OUT/results.json and OUT/samples.jsonl; return the results."""
     from ..policy import load_model, load_tokenizer, resolve_device
-    from ..rollout import HFEngine
+    from ..rollout import make_engine
     from .benchmarks import load_benchmark
 
     s = EvalSettings(**asdict(settings)) if settings else EvalSettings()
@@ -152,7 +152,7 @@ def run_eval(model: str, benchmarks: list[str], out: str | Path, settings: EvalS
     context = getattr(policy.config, "max_position_embeddings", None)
     if s.max_new_tokens is None:
         s.max_new_tokens = min(512, context // 2) if context else 512
-    engine = HFEngine(policy, tokenizer, dev)
+    engine = make_engine("hf", policy, tokenizer, dev)
     results: dict = {"model": model, "settings": asdict(s), "benchmarks": {}}
     t0 = time.time()
     tmp = out / "samples.jsonl.tmp"

@@ -120,7 +120,7 @@ class GenerativeJudge:
         self.counts: Counter = Counter()
 
     def judge(self, questions: list[str], references: list[str], predictions: list[str]) -> list[Verdict]:
-        from ..rollout import HFEngine, SamplingParams
+        from ..rollout import SamplingParams, make_engine
         from ..template import render
 
         if not len(questions) == len(references) == len(predictions):
@@ -138,7 +138,7 @@ class GenerativeJudge:
                 self.counts["unjudged"] += 1
             else:
                 todo.append((i, ids))
-        engine = HFEngine(self.model, self.tokenizer, next(self.model.parameters()).device)
+        engine = make_engine("hf", self.model, self.tokenizer, next(self.model.parameters()).device)
         params = SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p,
                                 max_new_tokens=self.max_new_tokens)
         with torch.inference_mode():

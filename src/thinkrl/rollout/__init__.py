@@ -10,6 +10,8 @@ from .hf import HFEngine
 
 
 def make_engine(name: str, model, tokenizer, device) -> RolloutEngine:
+    """The engine that samples from `model`. Every module that samples builds its engine here
+    (tests/test_structure.py holds it), so another engine is one change in this package."""
     if name == "hf":
         return HFEngine(model, tokenizer, device)
     raise ValueError(f"unknown rollout engine {name!r}; available: hf")

@@ -12,7 +12,7 @@ import torch
 from ..policy import load_model, load_tokenizer, resolve_device
 from ..template import render
 from .engine import SamplingParams
-from .hf import HFEngine
+from . import make_engine
 
 log = logging.getLogger("thinkrl.pipeline")
 
@@ -54,7 +54,7 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
     if skipped:
         log.warning("sampling: skipped %d of %d questions that do not fit the context with %d new tokens",
                     skipped, len(rows), s.max_new_tokens)
-    engine = HFEngine(lm, tok, dev)
+    engine = make_engine("hf", lm, tok, dev)
     params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                             stop=list(s.stop))
     gen = torch.Generator().manual_seed(s.seed)

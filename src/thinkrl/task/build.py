@@ -151,26 +151,26 @@ def answer_of(text: str) -> str | None:
 def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: int = 1, seed: int = 0) -> dict:
     """Accuracy (exact integer in the last <answer>) overall and by level; pass@samples when
     samples > 1; also the mean completion length in tokens by level, the share of
-    completions in the strict R1-Zero format, and the share that say "wait"."""
+    completions in the strict R1-Zero format, and the share that say "wait".
+    Sampled by `rollout.sample.sample_answers`: 64 questions per generate call, one seeded
+    generator (questions that do not fit the context are skipped and logged there)."""
     from ..rewards.format import format_reward
-    from ..rollout import HFEngine, SamplingParams
+    from ..rollout.sample import SampleSettings, sample_answers
 
-    engine = HFEngine(model, tokenizer, "cpu")
-    params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=96, stop=["</answer>"])
-    gen = torch.Generator().manual_seed(seed)
-    hits, any_hit, lens, fmt, wait = {}, {}, {}, [], []
-    for start in range(0, len(rows), 64):
-        chunk = rows[start: start + 64]
-        prompts = [tokenizer(render(r["question"]), add_special_tokens=False)["input_ids"] for r in chunk]
-        out = engine.generate(prompts, params, generator=gen)
-        fmt += format_reward(out.texts)
-        wait += ["wait" in t for t in out.texts]
-        for i, r in enumerate(chunk):
-            sl = slice(i * samples, (i + 1) * samples)
-            ok = [answer_of(t) == r["answer"] for t in out.texts[sl]]
-            hits.setdefault(r["level"], []).extend(ok)
-            any_hit.setdefault(r["level"], []).append(any(ok))
-            lens.setdefault(r["level"], []).extend(len(c) for c in out.completion_ids[sl])
+    s = SampleSettings(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=96, template="r1_zero",
+                       stop=["</answer>"], batch_size=64 * samples, seed=seed, device="cpu")
+    got = sample_answers("measure", rows, s, model_obj=model, tokenizer=tokenizer)
+    texts = [g["completion"] for g in got]
+    fmt = format_reward(texts)
+    wait = ["wait" in t for t in texts]
+    hits, any_hit, lens = {}, {}, {}
+    for start in range(0, len(got), samples):  # a question's samples are contiguous
+        group = got[start: start + samples]
+        r = group[0]["row"]
+        ok = [answer_of(g["completion"]) == r["answer"] for g in group]
+        hits.setdefault(r["level"], []).extend(ok)
+        any_hit.setdefault(r["level"], []).append(any(ok))
+        lens.setdefault(r["level"], []).extend(g["n_tokens"] for g in group)
     mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
     res = {"accuracy": mean([h for v in hits.values() for h in v])}
     res.update({f"level_{k}": mean(v) for k, v in sorted(hits.items())})
