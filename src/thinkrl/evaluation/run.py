@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 
 from ..metrics import has_reflection, mean
-from ..rollout import SamplingParams
 from .estimators import default_ks, mean_and_se, pass_at_1, pass_at_k_table
 
 
@@ -71,46 +70,42 @@ def evaluate_rows(engine, tokenizer, rows: list[dict], s: EvalSettings, context:
     """(summary, samples) for one benchmark's rows."""
     from ..rewards.format import format_reward
     from ..rewards.math import extract_answer
-    from ..template import render
+    from ..rollout.sample import SampleSettings, sample_with
     from .estimators import math_equivalence_classes
 
-    prompts, kept, skipped = [], [], 0
-    for r in rows:
-        ids = tokenizer(render(r["question"], s.template, tokenizer), add_special_tokens=False)["input_ids"]
-        if context is not None and len(ids) + s.max_new_tokens > context:
-            skipped += 1
-            continue
-        prompts.append(ids)
-        kept.append(r)
     K = s.samples
-    params = SamplingParams(n=K, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, stop=list(s.stop))
-    gen = torch.Generator().manual_seed(s.seed)
+    # sampled as every other sampler does (rollout.sample): K per question, batch_size // K
+    # questions per generate call, one generator seeded s.seed, questions that do not fit skipped
+    got = sample_with(engine, tokenizer, rows, SampleSettings(
+        n=K, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, template=s.template,
+        stop=list(s.stop), batch_size=s.batch_size, seed=s.seed), context, progress=progress)
+    kept = [got[i]["row"] for i in range(0, len(got), K)]
+    skipped = len(rows) - len(kept)
     per_call = max(1, s.batch_size // K)
     samples: list[dict] = []
     correct: list[list[bool]] = []
     cons: list[bool] = []
-    for start in range(0, len(kept), per_call):
+    for start in range(0, len(kept), per_call):  # scored in the batches they were sampled in
         batch = kept[start: start + per_call]
-        out = engine.generate(prompts[start: start + per_call], params, generator=gen)
+        texts = [g["completion"] for g in got[start * K: (start + len(batch)) * K]]
+        lengths = [g["n_tokens"] for g in got[start * K: (start + len(batch)) * K]]
         expanded = [r for r in batch for _ in range(K)]
         kind = batch[0]["kind"]
-        scored = _score(kind, expanded, out.texts)
-        formatted = format_reward(out.texts)
+        scored = _score(kind, expanded, texts)
+        formatted = format_reward(texts)
         for q, r in enumerate(batch):
             group = range(q * K, (q + 1) * K)
             ok = [bool(scored[i].value == 1.0) for i in group]
             correct.append(ok)
-            answers = [extract_answer(out.texts[i]) for i in group] if kind == "math" else [None] * K
+            answers = [extract_answer(texts[i]) for i in group] if kind == "math" else [None] * K
             if kind == "math":
                 winner = majority(math_equivalence_classes(answers))
                 cons.append(winner is not None and ok[winner])
             for j, i in enumerate(group):
-                samples.append({"id": r["id"], "sample": j, "level": r.get("level"), "completion": out.texts[i],
+                samples.append({"id": r["id"], "sample": j, "level": r.get("level"), "completion": texts[i],
                                 "answer": answers[j], "correct": ok[j], "reward": scored[i].value,
-                                "reason": scored[i].reason, "length": len(out.completion_ids[i]),
-                                "format": formatted[i], "reflection": has_reflection(out.texts[i])})
-        if progress is not None:
-            progress(len(batch))
+                                "reason": scored[i].reason, "length": lengths[i],
+                                "format": formatted[i], "reflection": has_reflection(texts[i])})
     summary: dict = {"n_questions": len(kept), "samples": K, "skipped_too_long": skipped}
     if not kept:
         return summary, samples

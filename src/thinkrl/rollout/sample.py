@@ -41,8 +41,15 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
     dev = resolve_device(s.device)
     tok = tokenizer if tokenizer is not None else load_tokenizer(model)
     lm = model_obj if model_obj is not None else load_model(model, dev, requires_grad=False)
-    dev = next(lm.parameters()).device
+    engine = make_engine("hf", lm, tok, next(lm.parameters()).device)
     context = getattr(lm.config, "max_position_embeddings", None)
+    return sample_with(engine, tok, rows, s, context, str(model), progress)
+
+
+def sample_with(engine, tok, rows: list[dict], s: SampleSettings, context: int | None = None, model: str = "",
+                progress=None) -> list[dict]:
+    """`sample_answers` with a given engine: `context` (None: no limit) decides which questions
+    fit; `progress(k)` after each generate call of k questions."""
     prompts, kept, skipped = [], [], 0
     for i, r in enumerate(rows):
         ids = tok(render(r["question"], s.template, tok), add_special_tokens=False)["input_ids"]
@@ -54,7 +61,6 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
     if skipped:
         log.warning("sampling: skipped %d of %d questions that do not fit the context with %d new tokens",
                     skipped, len(rows), s.max_new_tokens)
-    engine = make_engine("hf", lm, tok, dev)
     params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                             stop=list(s.stop))
     gen = torch.Generator().manual_seed(s.seed)
@@ -69,7 +75,7 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
                     k = q * s.n + j
                     out.append({"prompt_id": pid, "sample_index": j, "question": row["question"],
                                 "completion": ro.texts[k], "finish_reason": ro.finish_reasons[k],
-                                "n_tokens": len(ro.completion_ids[k]), "model": str(model), "row": row})
+                                "n_tokens": len(ro.completion_ids[k]), "model": model, "row": row})
             if progress is not None:
                 progress(len(batch))
     return out
