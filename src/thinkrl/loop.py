@@ -79,3 +79,40 @@ class StopRequest:
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+
+
+def nonfinite_cause(loss: float, grad_norm: float) -> str:
+    """Why a step must be skipped ("" when its loss and gradient norm are finite)."""
+    if not math.isfinite(loss):
+        return f"the loss is {loss}"
+    return "" if math.isfinite(grad_norm) else f"the gradient norm is {grad_norm}"
+
+
+class BadSteps:
+    """The one NaN/inf policy of every training loop (GRPO, SFT, reward models). A step whose
+    loss, gradient (or, in GRPO, reward) is not finite is skipped: the gradients are zeroed, no
+    optimizer step is taken, and the learning-rate schedule advances as for a taken step (it
+    counts the steps the run meant to take). `record` each step's cause ("" for a taken step);
+    once `exhausted` (`limit` skipped in a row) the run stops with `message`: the cause of the
+    last one and the likely fix. `lr` and `clip` name the run's own settings."""
+
+    def __init__(self, limit: int, lr: str = "optim.lr", clip: str = "optim.max_grad_norm"):
+        self.limit, self.lr, self.clip = limit, lr, clip
+        self.count, self.cause = 0, ""  # consecutive skipped steps; why the last one was skipped
+
+    def record(self, cause: str) -> None:
+        self.count = self.count + 1 if cause else 0
+        self.cause = cause or self.cause
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count >= self.limit
+
+    def message(self, newest: str | None) -> str:
+        """`newest`: the newest checkpoint (or why there is none); None where the run keeps none."""
+        hint = ("fix or remove that reward (a reward must return finite numbers)" if self.cause.startswith("reward")
+                else f"the learning rate may be too high ({self.lr}), or the data or model produce overflow; "
+                     f"try a lower {self.lr} or {self.clip}")
+        kept = f"the newest checkpoint is {newest}" if newest is not None else "nothing was saved"
+        return (f"stopped: {self.count} consecutive steps were skipped (train.max_bad_steps={self.limit}); the last "
+                f"because {self.cause}. Likely cause: {hint}. The model was not updated by the skipped steps; {kept}")

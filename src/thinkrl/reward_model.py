@@ -54,7 +54,7 @@ import torch
 
 from .config import ConfigError, to_yaml
 from .data import DataError
-from .loop import lr_factor, threads_restored
+from .loop import BadSteps, lr_factor, nonfinite_cause, threads_restored
 from .metrics import MetricsWriter
 from .policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
@@ -175,7 +175,8 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
     bar = tqdm(total=t.steps, desc="RM", unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
                disable=not (cfg.log.progress if show_progress is None else show_progress))
     model.train()
-    row, evals, t_train = {}, {}, time.time()
+    row, evals, t_train, error = {}, {}, time.time(), None
+    bad = BadSteps(t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")  # GRPO's and SFT's policy too
     for step in range(1, t.steps + 1):
         idx = batches.next()
         with autocast(device, m.dtype):
@@ -183,15 +184,20 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
                                 tok.pad_token_id)
         r_chosen, r_rejected = r[: len(idx)], r[len(idx):]
         loss = bradley_terry_loss(r_chosen, r_rejected)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: the loss is {loss.item()}; lower train.lr (now {t.lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
-        opt.step()
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf")))
+        cause = nonfinite_cause(loss.item(), gnorm)
+        if cause:  # never apply a NaN/inf update; the schedule still counts the step
+            log.warning("step %d skipped: %s", step, cause)
+            opt.zero_grad(set_to_none=True)
+        else:
+            opt.step()
         sched.step()
+        bad.record(cause)
         row = {"step": step, "loss": loss.item(), "accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),
-               "margin": (r_chosen - r_rejected).mean().item(), "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0]}
+               "margin": (r_chosen - r_rejected).mean().item(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0],
+               "skipped": int(bool(cause))}
         if test_enc and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
             evals = evaluate()
             row.update(evals)
@@ -199,8 +205,17 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
         bar.set_postfix_str(f"loss={row['loss']:.3f} acc={row['accuracy']:.2f}"
                             + (f" test={evals['test/accuracy']:.3f}" if evals else ""), refresh=False)
         bar.update(1)
+        if bad.exhausted:
+            error = bad.message(None)
+            break
     bar.close()
     metrics.close()
+    if error:  # no model is written (it would be served as a reward); the summary says why
+        log.error("%s", error)
+        summary = {"model_dir": None, "interrupted": True, "error": error, "steps": step, "test": evals,
+                   "wall_seconds": round(time.time() - t0, 1)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
     train_seconds = time.time() - t_train
     model.eval()
     # the center c of the rewards' sigmoid(r − c): the mean score of (up to) 256 training pairs' responses
@@ -215,7 +230,8 @@ def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
     }
     model_dir = out / "model"
     save_pretrained(model, tok, model_dir, extra={INFO_FILE: json.dumps(info, indent=2) + "\n"})
-    summary = {**info, "model_dir": str(model_dir), "wall_seconds": round(time.time() - t0, 1)}
+    summary = {**info, "model_dir": str(model_dir), "interrupted": False, "error": None,
+               "wall_seconds": round(time.time() - t0, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -241,9 +257,12 @@ def main(argv: list[str]) -> int:
     try:  # the run directory is this run's alone (locked while it runs)
         with claim(args.out, overwrite=args.overwrite, command="rm", prefix="rm-") as run_dir:
             s = train_reward_model(cfg, run_dir.path)
-    except (ConfigError, DataError, FloatingPointError, OSError, ValueError, RunDirError) as e:
+    except (ConfigError, DataError, OSError, ValueError, RunDirError) as e:
         print(f"thinkrl rm: {e}", file=sys.stderr)
         return 2
+    if s["error"]:
+        print(f"thinkrl rm: {s['error']}", file=sys.stderr)
+        return 1
     acc = s.get("test_accuracy")
     extra = ""
     if s["test"].get("test/rule_auc") is not None:

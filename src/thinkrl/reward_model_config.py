@@ -57,6 +57,7 @@ class RMTrainConfig:
     threads: int = 0  # CPU threads for torch; 0 = leave torch's default
     eval_every: int = 250  # held-out accuracy every N steps (and at the end); 0 = at the end only
     eval_batch_size: int = 256  # sequences per scoring forward
+    max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss or gradient
 
 
 @dataclass
@@ -107,6 +108,7 @@ def validate(cfg: RMConfig) -> None:
     need(t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 turns clipping off)")
     need(t.eval_every >= 0, "train.eval_every must be >= 0 (0 = at the end only)")
     need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     need(m.layers >= 0, "model.layers must be >= 0 (0 keeps every layer)")
     need(m.init in ("pretrained", "random"), f"model.init {m.init!r}: use pretrained (the weights of model.path) or "
          "random (a fresh model of its architecture)")

@@ -38,7 +38,7 @@ class NoMetrics:
 class RunState:
     """Checkpoints, resume and the summary of a `GRPOTrainer` (whose attributes these methods use:
     cfg, run_dir, policy, ref, tokenizer, optimizer, scheduler, sampler, generator, metrics, step,
-    rank, world, is_main, wall_before, bad_steps, bad_cause, t_start)."""
+    rank, world, is_main, wall_before, bad (a `loop.BadSteps`), t_start)."""
 
     def _random_state(self) -> dict:
         return {
@@ -66,7 +66,7 @@ class RunState:
             **self._random_state(),
             "ref_model": self.ref.state_dict() if self.ref is not None and self.cfg.objective.ref_reset_every else None,
             "wall_seconds": self.wall_before + (time.time() - self.t_start if hasattr(self, "t_start") else 0.0),
-            "bad_steps": self.bad_steps,
+            "bad_steps": self.bad.count,
         }
         if self.world > 1:
             state["ranks"] = distributed.gather_objects(self._random_state())
@@ -98,7 +98,7 @@ class RunState:
             self._set_random_state(ranks[self.rank])
         if self.ref is not None and s.get("ref_model") is not None:
             self.ref.load_state_dict(s["ref_model"])
-        self.step, self.wall_before, self.bad_steps = s["step"], s["wall_seconds"], s["bad_steps"]
+        self.step, self.wall_before, self.bad.count = s["step"], s["wall_seconds"], s["bad_steps"]
         self.metrics.truncate_after(self.step)
         log.info("resumed from %s (step %d)", found, self.step)
         return found
@@ -113,13 +113,7 @@ class RunState:
                                     state, keep=t.keep_checkpoints)
 
     def _bad_steps_message(self) -> str:
-        cause = self.bad_cause
-        hint = ("fix or remove that reward (a reward must return finite numbers)" if cause.startswith("reward")
-                else "the learning rate may be too high (optim.lr), or the data or model produce overflow; "
-                     "try a lower optim.lr or optim.max_grad_norm")
-        return (f"stopped: {self.bad_steps} consecutive steps were skipped (train.max_bad_steps="
-                f"{self.cfg.train.max_bad_steps}); the last because {cause}. Likely cause: {hint}. The model was not "
-                f"updated by the skipped steps; the newest checkpoint is {self._newest_checkpoint()}")
+        return self.bad.message(self._newest_checkpoint())  # the cause and the fix: loop.BadSteps, as SFT and RMs
 
     def _newest_checkpoint(self) -> str:
         found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")

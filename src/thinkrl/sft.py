@@ -14,6 +14,9 @@ the gradient of one big batch. One step, in order:
     for each micro-batch: (pack ->) forward -> summed NLL / |T| -> backward
     clip the gradient, AdamW step, learning-rate schedule; log; checkpoint every save_every
 
+A step whose loss or gradient is NaN/inf is skipped (no update; the schedule still counts it) and
+train.max_bad_steps of them in a row stop the run: the policy of every loop (`loop.BadSteps`).
+
 Two ways to spend less compute, both exact (tested against each sample run alone):
 - packing (train.packing): several samples in one row, position ids restarting at 0 for
   each; with no 2D attention mask, transformers turns restarting positions into a
@@ -31,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import random
 import shutil
 import sys
@@ -44,7 +46,7 @@ from . import checkpoint as ckpt
 from .config import ConfigError, to_yaml
 from .data import DataError, PromptSampler
 from .policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
-from .loop import StopRequest, lr_factor, set_threads
+from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
 from .rundir import run_claimed, write_text_atomic
 from .sft_config import SFTConfig, load_sft_config, validate_sft
 from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
@@ -103,6 +105,7 @@ class SFTTrainer:
             self.optimizer, lambda i: lr_factor(i, self.total_steps, warmup, o.schedule))
         self.sampler = PromptSampler(len(self.train), t.seed)  # the seeded order of each epoch, resumable
         self.step, self.tokens, self.wall_before = 0, 0, 0.0
+        self.bad = BadSteps(t.max_bad_steps)  # consecutive steps skipped for a NaN/inf loss or gradient
         self.window = [0.0, 0]  # NLL sum and response tokens since the last metrics line
         self.run_dir.mkdir(parents=True, exist_ok=True)
         from .metrics import MetricsWriter
@@ -131,6 +134,7 @@ class SFTTrainer:
         return {"step": self.step, "epoch": self.sampler.epoch, "position": self.sampler.pos,
                 "sampler": self.sampler.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "tokens": self.tokens, "window": list(self.window),
+                "bad_steps": self.bad.count,
                 "wall_seconds": self.wall_before + time.time() - self.t_start,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -151,6 +155,7 @@ class SFTTrainer:
         if s.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["cuda_rng"])
         self.step, self.tokens, self.window, self.wall_before = s["step"], s["tokens"], s["window"], s["wall_seconds"]
+        self.bad.count = s.get("bad_steps", 0)
         self.metrics.truncate_after(self.step)
         log.info("resumed from %s (step %d of %d)", found, self.step, self.total_steps)
         return found
@@ -177,18 +182,21 @@ class SFTTrainer:
             tokens += batch.n_tokens
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        if math.isfinite(nll_sum) and math.isfinite(grad_norm):
+        cause = nonfinite_cause(nll_sum / norm, grad_norm)
+        if cause:  # never apply a NaN/inf update (thinkrl.loop.BadSteps: the policy of every loop)
+            log.warning("step %d skipped: %s", self.step + 1, cause)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
             self.optimizer.step()
-        else:  # never apply a NaN/inf update
-            log.warning("step %d: the loss or gradient is not finite (loss %s, grad norm %s); update skipped",
-                        self.step + 1, nll_sum / norm, grad_norm)
-        self.scheduler.step()
+            self.window = [self.window[0] + nll_sum, self.window[1] + norm]  # the loss of the steps taken
+        self.scheduler.step()  # the schedule counts the steps the run meant to take, skipped ones too
+        self.bad.record(cause)
         self.step += 1
         self.tokens += tokens
-        self.window = [self.window[0] + nll_sum, self.window[1] + norm]
         epoch = min(self.step * t.batch_size, self.total_samples) / len(self.train)  # epochs done
         return {"step": self.step, "epoch": round(epoch, 4),
-                "lr": lr, "grad_norm": grad_norm, "step_loss": nll_sum / norm, "tokens": self.tokens}
+                "lr": lr, "grad_norm": grad_norm, "step_loss": nll_sum / norm, "tokens": self.tokens,
+                "skipped": int(bool(cause))}
 
     def eval_loss(self) -> float | None:
         """Mean NLL per response token over the held-out samples."""
@@ -215,39 +223,60 @@ class SFTTrainer:
             self.metrics.write({"step": 0, "epoch": 0.0, "eval/loss": self.eval_loss()})
         bar = tqdm(total=self.total_steps, initial=self.step, desc="SFT", unit="step", dynamic_ncols=True,
                    file=sys.stderr, disable=not t.progress, mininterval=0.5)
-        stop, last_eval = StopRequest(), None
+        stop, last_eval, error = StopRequest(), None, None
         try:
             while self.step < self.total_steps and stop.requested is None:
                 m = self.train_step()
                 done = self.step == self.total_steps
                 if done or (t.eval_every and self.step % t.eval_every == 0):
                     m["eval/loss"] = last_eval = self.eval_loss()
-                if done or self.step % t.log_every == 0 or "eval/loss" in m:
-                    m["loss"] = self.window[0] / self.window[1]  # token-weighted over the window
+                if done or self.step % t.log_every == 0 or "eval/loss" in m or m["skipped"]:
+                    m["loss"] = self.window[0] / self.window[1] if self.window[1] else None  # token-weighted
                     m["time"] = self.wall_before + time.time() - self.t_start
                     m["tokens_per_s"] = self.tokens / max(m["time"], 1e-9)
                     self.window = [0.0, 0]
                     self.metrics.write({k: m[k] for k in ("step", "epoch", "loss", "lr", "tokens", "grad_norm",
-                                                          "tokens_per_s", "time", "eval/loss") if k in m})
+                                                          "tokens_per_s", "time", "eval/loss", "skipped") if k in m})
                 live = f"loss={m['step_loss']:.4f} lr={m['lr']:.2e}"
                 bar.set_postfix_str(live + (f" eval={last_eval:.4f}" if last_eval is not None else ""), refresh=False)
                 bar.update(1)
+                if self.bad.exhausted:  # the checkpoint of the last good step stays the newest
+                    error = self.bad.message(self._newest_checkpoint())
+                    break
                 if done or stop.requested or (t.save_every and self.step % t.save_every == 0):
-                    self.save()
+                    error = self._save_finite()
+                    if error:
+                        break
         finally:
             stop.restore()
             torch.set_num_threads(self.threads_before)
             bar.close()
-        interrupted = self.step < self.total_steps
+        if error:
+            log.error("%s", error)
+        interrupted = self.step < self.total_steps or error is not None
         final = None if interrupted else self._write_final()
-        return self._summary(final, interrupted)
+        return self._summary(final, interrupted, error)
+
+    def _newest_checkpoint(self) -> str:
+        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        return str(found) if found else "none (the run had not saved one yet)"
+
+    def _save_finite(self) -> str | None:
+        """Save, unless the weights hold NaN/inf: then the message that stops the run."""
+        bad = ckpt.nonfinite_parameters(self.model)
+        if not bad:
+            self.save()
+            return None
+        return (f"stopped: the weights hold NaN/inf after step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                f"their checkpoint was not written. The learning rate may be too high (optim.lr); the newest "
+                f"intact checkpoint is {self._newest_checkpoint()}")
 
     def _write_final(self) -> Path:
         """RUN/final: the model and tokenizer in Hugging Face format, written then renamed."""
         save_pretrained(self.model, self.tokenizer, self.run_dir / "final")
         return self.run_dir / "final"
 
-    def _summary(self, final: Path | None, interrupted: bool) -> dict:
+    def _summary(self, final: Path | None, interrupted: bool, error: str | None = None) -> dict:
         from .metrics import read_metrics
 
         rows = read_metrics(self.run_dir)
@@ -264,7 +293,8 @@ class SFTTrainer:
             "steps": self.step, "total_steps": self.total_steps, "epochs": self.cfg.train.epochs,
             "seconds": round(seconds, 2), "tokens": self.tokens,
             "tokens_per_s": round(self.tokens / max(seconds, 1e-9), 1),
-            "interrupted": interrupted, "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "interrupted": interrupted, "error": error,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "last_checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints") or "") or None,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -308,6 +338,9 @@ def _sft_command(args, out: Path, config: str | None) -> int:
         s = trainer.run()
     except OSError as e:  # a checkpoint that cannot be written (disk full): the previous ones are intact
         print(f"thinkrl sft: {e}; continue with --resume --out {out} once fixed", file=sys.stderr)
+        return 1
+    if s["error"]:
+        print(f"thinkrl sft: {s['error']}", file=sys.stderr)
         return 1
     if s["interrupted"]:
         print(f"thinkrl sft: stopped at step {s['steps']} of {s['total_steps']}; continue with --resume --out {out}")

@@ -54,6 +54,7 @@ class SFTTrainConfig:
     eval_every: int = 0  # held-out loss every N steps (and at start and end); 0 = start and end only
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     log_every: int = 1  # a metrics line every N steps (loss averaged over them)
+    max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss or gradient
     progress: bool = True
 
 
@@ -105,6 +106,7 @@ def validate_sft(cfg: SFTConfig) -> None:
     need(t.save_every >= 0 and t.eval_every >= 0, "train.save_every and train.eval_every must be >= 0")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     need(t.log_every >= 1, "train.log_every must be >= 1")
+    need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r}: use auto, float32 "
          "or bfloat16")

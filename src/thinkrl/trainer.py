@@ -32,7 +32,6 @@ summary and the report, and shows progress; the others wait for it.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from . import distributed
 from .config import Config, validate_world
 from .data import PromptSampler, load_dataset
 from .evaluate import evaluate
-from .loop import StopRequest, lr_factor, set_threads
+from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
 from .metrics import MetricsWriter, by_level, has_reflection, mean
 from .rundir import write_text_atomic
 from .objective import Normaliser, group_advantages, grpo_loss
@@ -105,8 +104,7 @@ class GRPOTrainer(RunState):
         self.generator = torch.Generator().manual_seed(t.seed + self.rank * 1_000_003)  # rank 0: as one process
         self.step = 0
         self.wall_before = 0.0  # seconds spent by earlier segments of a resumed run
-        self.bad_steps = 0
-        self.bad_cause = ""  # why the last step was skipped
+        self.bad = BadSteps(t.max_bad_steps)  # consecutive skipped steps and why the last was skipped
         if self.is_main:
             self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
         else:
@@ -184,8 +182,7 @@ class GRPOTrainer(RunState):
             stats = self.update(rollouts.prompt_ids, rollouts.completion_ids, advantages, timing, prof)
             skip_cause = stats["skip_cause"]
         self.step += 1
-        self.bad_steps = self.bad_steps + 1 if skip_cause else 0
-        self.bad_cause = skip_cause or self.bad_cause
+        self.bad.record(skip_cause)
 
         if cfg.objective.ref_reset_every and self.ref is not None and self.step % cfg.objective.ref_reset_every == 0:
             self.ref.load_state_dict(self.policy.state_dict())  # R1: π_ref ← π_θ every 400 steps
@@ -313,10 +310,8 @@ class GRPOTrainer(RunState):
             prof["forward_backward"] += t4 - ti
             max_norm = cfg.optim.max_grad_norm or float("inf")
             out["grad_norm"] = grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
-            if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-                # never apply a NaN/inf update (the loss and the gradient are the same on every process)
-                what, value = ("loss", loss_sum) if not math.isfinite(loss_sum) else ("gradient norm", grad_norm)
-                out["skip_cause"] = f"the {what} is {value}"
+            out["skip_cause"] = nonfinite_cause(loss_sum, grad_norm)
+            if out["skip_cause"]:  # never apply a NaN/inf update (the loss and gradient are every process's)
                 if self.is_main:
                     log.warning("step %d skipped: %s", self.step + 1, out["skip_cause"])
                 self.optimizer.zero_grad(set_to_none=True)
@@ -372,7 +367,7 @@ class GRPOTrainer(RunState):
                     break
                 progress.update(m)
                 stopping = distributed.any_true(stop.requested is not None)  # every process stops at the same step
-                if self.bad_steps >= cfg.train.max_bad_steps:
+                if self.bad.exhausted:
                     error = self._bad_steps_message()
                     break
                 if last or stopping or (cfg.train.save_every and self.step % cfg.train.save_every == 0):

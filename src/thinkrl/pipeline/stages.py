@@ -50,7 +50,8 @@ def sft(ctx: StageContext) -> dict:
     validate_sft(cfg)
     s = run_sft(cfg, ctx.out, resume=ctx.resume)
     if s.get("interrupted") or not s.get("final_dir"):
-        raise StageStopped(f"stage {ctx.name}: SFT stopped at step {s.get('steps')} (checkpoint kept)")
+        raise StageStopped(f"stage {ctx.name}: SFT stopped at step {s.get('steps')} (checkpoint kept)"
+                            + (f": {s['error']}" if s.get("error") else ""))
     keep = {k: s.get(k) for k in ("train_loss", "eval_loss", "n_samples", "seconds", "tokens")}
     return {"outputs": {"model": s["final_dir"], "dir": str(ctx.out)}, **keep}
 
@@ -90,6 +91,8 @@ def reward_model(ctx: StageContext) -> dict:
     cfg = _fill(RMConfig(), ctx.settings)
     validate(cfg)
     s = train_reward_model(cfg, ctx.out)
+    if s.get("error"):
+        raise StageStopped(f"stage {ctx.name}: {s['error']}")
     return {"outputs": {"model": s["model_dir"], "dir": str(ctx.out)},
             **{k: v for k, v in s.items() if isinstance(v, (int, float, str))}}
 
