@@ -173,19 +173,19 @@ def _in_small_tmpfs(mount: Path, size: str, command: list[str], show: str = "") 
                           env=ENV, capture_output=True, text=True, timeout=600)
 
 
-def _can_mount_tmpfs(tmp_path) -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    (tmp_path / "probe").mkdir()
-    return _in_small_tmpfs(tmp_path / "probe", "1m", ["true"]).returncode == 0
-
-
-def test_a_real_full_disk_stops_the_run_cleanly_or_is_carried_past(tmp_path):
-    if not _can_mount_tmpfs(tmp_path):
+@pytest.fixture()
+def mount(tmp_path) -> Path:
+    """An empty directory that `_in_small_tmpfs` can mount a tmpfs on; skips where the machine
+    does not allow it (as root, file permissions alone cannot make a directory read-only or small)."""
+    path = tmp_path / "mnt"
+    path.mkdir()
+    if shutil.which("unshare") is None or _in_small_tmpfs(path, "1m", ["true"]).returncode != 0:
         pytest.skip("this machine does not let the test mount a tmpfs in a private mount namespace "
                     "(needs unshare and CAP_SYS_ADMIN)")
-    mount = tmp_path / "small"
-    mount.mkdir()
+    return path
+
+
+def test_a_real_full_disk_stops_the_run_cleanly_or_is_carried_past(mount):
     # checkpoints every step, all kept: whatever a checkpoint weighs, the 20 MB fill up within 10 steps
     zero = [sys.executable, "-m", "thinkrl.cli", "zero", "--out", str(mount / "run"), "--steps", "10", "--no-progress",
             "train.save_every=1", "train.keep_checkpoints=100", "rollout.group_size=2", "train.prompts_per_step=2",
@@ -206,12 +206,7 @@ def test_a_real_full_disk_stops_the_run_cleanly_or_is_carried_past(tmp_path):
     assert json.loads(res.stdout[res.stdout.index("{\n"):])["steps"] == 10
 
 
-def test_a_read_only_out_is_one_line_not_a_traceback(tmp_path):
-    if not _can_mount_tmpfs(tmp_path):
-        pytest.skip("needs a tmpfs in a private mount namespace (unshare and CAP_SYS_ADMIN); as root, file "
-                    "permissions alone cannot make a directory read-only")
-    mount = tmp_path / "ro"
-    mount.mkdir()
+def test_a_read_only_out_is_one_line_not_a_traceback(mount):
     res = _in_small_tmpfs(mount, "1m,ro", [sys.executable, "-m", "thinkrl.cli", "zero", "--out", str(mount / "run"),
                                            "--steps", "1", "--no-progress"])
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]

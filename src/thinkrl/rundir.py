@@ -93,9 +93,7 @@ def _lock(path: Path) -> int:
 def _mark(path: Path, command: str) -> None:
     info = {"command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "pid": os.getpid(),
             "host": socket.gethostname()}
-    tmp = path / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(info) + "\n")
-    os.replace(tmp, path / MARKER)
+    write_text_atomic(path / MARKER, json.dumps(info) + "\n")
 
 
 def _empty(path: Path, ignore: set[str]) -> bool:

@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 from . import slots
 from .detect import isolation
-from .records import DISK_LIMIT, OUTPUT_LIMIT, SANDBOX_ERROR, TIMEOUT, Execution, Limits
-from .spawn import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded
+from .records import DISK_LIMIT, OUTPUT_LIMIT, SANDBOX_ERROR, TIMEOUT, Execution, Limits, checked_inputs
+from .spawn import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded, read_chunk
 
 _GRACE_S = 0.2  # after the judge ends, how long the program has to exit on its own
 _RELAYED = 64  # the lines each side may have relayed, in all, as a multiple of the output cap
@@ -56,14 +56,8 @@ def run_pair(judge_code: str, judge_input: str | bytes, program_code: str, limit
     """Run the judge and the program together, relaying lines between them (see the module
     docstring). Returns (judge's Execution, program's Execution); the program's stdout is
     empty (relayed, not kept). Never raises for anything either run does. Thread-safe."""
-    for name, v in (("judge_code", judge_code), ("program_code", program_code)):
-        if not isinstance(v, str):
-            raise TypeError(f"{name} must be a str, got {type(v).__name__}")
-    if not isinstance(judge_input, (str, bytes)):
-        raise TypeError(f"judge_input must be str or bytes, got {type(judge_input).__name__}")
-    limits = Limits() if limits is None else limits
-    if not isinstance(limits, Limits):
-        raise TypeError(f"limits must be a Limits, got {type(limits).__name__}")
+    limits = checked_inputs({"judge_code": judge_code, "program_code": program_code},
+                            {"judge_input": judge_input}, limits)
     iso = isolation()
     start = time.monotonic()
     pair = (None, None)
@@ -218,12 +212,9 @@ def _relay(judge_run: _Run, program_run: _Run, data: bytes, limits: Limits, star
             if fd == side.stdin:
                 _write(side)
                 continue
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
+            chunk = read_chunk(fd)
+            if chunk is None:
                 continue
-            except OSError:
-                chunk = b""
             if not chunk:
                 del side.readers[fd]
                 idle = True  # a pipe closed: see whether its process has ended

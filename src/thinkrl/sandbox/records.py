@@ -47,6 +47,21 @@ class Execution:
         return self.status == OK
 
 
+def checked_inputs(codes: dict[str, object], inputs: dict[str, object], limits) -> Limits:
+    """The misuse checks of the sandbox's entry points: each code a str, each input str or bytes,
+    `limits` a Limits (None: the defaults). Returns the limits to use; raises TypeError."""
+    for name, v in codes.items():
+        if not isinstance(v, str):
+            raise TypeError(f"{name} must be a str, got {type(v).__name__}")
+    for name, v in inputs.items():
+        if not isinstance(v, (str, bytes)):
+            raise TypeError(f"{name} must be str or bytes, got {type(v).__name__}")
+    limits = Limits() if limits is None else limits
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a Limits, got {type(limits).__name__}")
+    return limits
+
+
 class Job(NamedTuple):
     code: str
     stdin: str | bytes = ""

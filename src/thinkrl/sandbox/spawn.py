@@ -197,6 +197,17 @@ def disk_usage_exceeded(path: str, limit: int) -> bool:
     return False
 
 
+def read_chunk(fd: int) -> bytes | None:
+    """Up to 64 KiB from a child's non-blocking pipe: None when nothing is there yet, b"" when
+    it is closed (or broken)."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float, disk_dir: str | None = None):
     """Feed stdin, collect stdout/stderr, enforce the wall clock and the output cap, and (where
     `disk_dir` is given: no tmpfs bounds it) the disk quota by polling. Returns (stdout, stderr,
@@ -250,12 +261,9 @@ def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float, di
                         sel.unregister(fd)
                         proc.stdin.close()
                     continue
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
+                chunk = read_chunk(fd)
+                if chunk is None:
                     continue
-                except OSError:
-                    chunk = b""
                 if not chunk:
                     sel.unregister(fd)
                     continue
