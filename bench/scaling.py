@@ -72,7 +72,7 @@ def make_model(hidden: int, directory: Path, seed: int) -> int:
 
 def worker(args) -> dict:
     from thinkrl.config import load_config
-    from thinkrl.trainer import GRPOTrainer
+    from thinkrl.train.grpo import GRPOTrainer
 
     total = args.steps + args.warmup
     n = args.group_size * PROMPTS_PER_STEP

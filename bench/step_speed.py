@@ -20,7 +20,7 @@ import time
 import torch
 
 from thinkrl.config import load_config
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 
 
 def main() -> int:

@@ -94,7 +94,7 @@ MAPPING = [
     ("sampling", f"temperature={TEMPERATURE}, top_p=1, top_k=0", f"temperature={TEMPERATURE}, top_p=1.0, top_k=0"),
     ("learning rate", f"optim.lr={LR}", f"learning_rate={LR} (and the optimizer passed in)"),
     ("optimiser", f"AdamW betas={BETAS}, weight_decay={WEIGHT_DECAY}, eps=1e-8", f"optimizers=(torch.optim.AdamW(lr={LR}, betas={BETAS}, weight_decay={WEIGHT_DECAY}, eps=1e-8), ...); adam_beta1/2 set alike"),
-    ("schedule", f"optim.warmup_steps={WARMUP_STEPS}, schedule=constant: lr×(i+1)/{WARMUP_STEPS}, then lr", f"optimizers=(..., LambdaLR(thinkrl.trainer.lr_lambda)): the same factors (HF 'constant_with_warmup' would give i/{WARMUP_STEPS}, lr 0 at step 1)"),
+    ("schedule", f"optim.warmup_steps={WARMUP_STEPS}, schedule=constant: lr×(i+1)/{WARMUP_STEPS}, then lr", f"optimizers=(..., LambdaLR(thinkrl.train.grpo.lr_lambda)): the same factors (HF 'constant_with_warmup' would give i/{WARMUP_STEPS}, lr 0 at step 1)"),
     ("grad clipping", f"optim.max_grad_norm={MAX_GRAD_NORM}", f"max_grad_norm={MAX_GRAD_NORM}"),
     ("KL β", "objective.beta=0 (no reference model)", "beta=0.0 (no reference model)"),
     ("μ", "objective.mu=1", "num_iterations=1"),
@@ -167,7 +167,7 @@ def worker_thinkrl(args) -> dict:
     import torch
 
     from thinkrl.config import load_config
-    from thinkrl.trainer import GRPOTrainer
+    from thinkrl.train.grpo import GRPOTrainer
 
     total = args.steps + args.warmup
     cfg = load_config(None, thinkrl_overrides(total, args.seed, args.threads))
@@ -220,7 +220,7 @@ def worker_trl(args) -> dict:
     from thinkrl.rewards import get_reward
     from thinkrl.task import TINY_DIR
     from thinkrl.template import render
-    from thinkrl.trainer import lr_lambda
+    from thinkrl.train.grpo import lr_lambda
 
     total = args.steps + args.warmup
     cfg = load_config(None, thinkrl_overrides(total, args.seed))  # only for lr_lambda: the same schedule
@@ -320,7 +320,7 @@ def worker_eval(args) -> dict:
 
     from thinkrl.config import load_config
     from thinkrl.data import load_dataset
-    from thinkrl.evaluate import evaluate
+    from thinkrl.evaluation.heldout import evaluate
     from thinkrl.policy import load_model, load_tokenizer
     from thinkrl.rollout import make_engine
     from thinkrl.task import TINY_DIR

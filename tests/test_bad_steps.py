@@ -9,15 +9,15 @@ import math
 import pytest
 import torch
 
-import thinkrl.reward_model as rm_module
-import thinkrl.sft as sft_module
+import thinkrl.train.reward_model as rm_module
+import thinkrl.train.sft as sft_module
 from thinkrl import checkpoint as ckpt
 from thinkrl.config import ConfigError
-from thinkrl.loop import BadSteps
+from thinkrl.train.loop import BadSteps
 from thinkrl.metrics import read_metrics
 from thinkrl.policy import load_model
-from thinkrl.reward_model import load_rm_config, train_reward_model
-from thinkrl.sft import SFTTrainer, load_sft_config, run_sft
+from thinkrl.train.reward_model import load_rm_config, train_reward_model
+from thinkrl.train.sft import SFTTrainer, load_sft_config, run_sft
 
 from .test_sft import task_rows, tiny_overrides, write_jsonl
 

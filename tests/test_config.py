@@ -96,7 +96,7 @@ def test_command_line_refuses_a_bad_config_before_loading_anything(capsys, tmp_p
 
 
 def _load_rm_config(path):
-    from thinkrl.reward_model import load_rm_config
+    from thinkrl.train.reward_model import load_rm_config
 
     return load_rm_config(path)
 
@@ -104,9 +104,9 @@ def _load_rm_config(path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
-    from thinkrl.distill import load_distill_config
+    from thinkrl.distill.run import load_distill_config
     from thinkrl.pipeline.run import build
-    from thinkrl.sft import load_sft_config
+    from thinkrl.train.sft import load_sft_config
 
     folder = Path(__file__).resolve().parents[1] / "configs"
     loaders = {"sft-": load_sft_config, "distill-": load_distill_config, "rm-": _load_rm_config,

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from thinkrl.distill import FilterConfig, filter_samples, load_distill_config, main, round_trips, run_distill
-from thinkrl.distill_onpolicy import reverse_kl_per_token
+from thinkrl.distill.run import FilterConfig, filter_samples, load_distill_config, main, round_trips, run_distill
+from thinkrl.distill.onpolicy import reverse_kl_per_token
 from thinkrl.policy import load_tokenizer
 from thinkrl.task import arithmetic as ar
 from thinkrl.task.build import build_model
@@ -243,7 +243,7 @@ def test_sft_distillation_into_another_architecture_and_tokenizer(tmp_path):
 
 def test_an_existing_dataset_is_reused_and_checked_against_the_prompts_answers(tmp_path):
     from thinkrl.data import DataError
-    from thinkrl.distill import DistillDataConfig, dataset_samples, load_prompts
+    from thinkrl.distill.run import DistillDataConfig, dataset_samples, load_prompts
 
     good12, good7 = " <think>5+7=12</think> <answer>12</answer>", " <think>3+4=7</think> <answer>7</answer>"
     hi = " <think>greet</think> <answer>hi</answer>"
@@ -281,7 +281,7 @@ def test_impossible_settings_fail_at_start_with_what_to_change():
 def test_the_tiny_example_config_loads_and_distils_the_embedded_pair():
     from pathlib import Path
 
-    from thinkrl.distill import sft_config
+    from thinkrl.distill.run import sft_config
     from thinkrl.policy import resolve_model_path
 
     path = Path(__file__).parent.parent / "configs" / "distill-tiny.yaml"
@@ -299,7 +299,7 @@ def test_the_tiny_example_config_loads_and_distils_the_embedded_pair():
 
 def test_prompts_and_held_out_rows_come_from_the_named_files(tmp_path):
     from thinkrl.data import DataError
-    from thinkrl.distill import DistillDataConfig, load_prompts
+    from thinkrl.distill.run import DistillDataConfig, load_prompts
     from thinkrl.task import TINY_DIR
 
     train = [json.loads(x) for x in (TINY_DIR / "train.jsonl").read_text().splitlines()]

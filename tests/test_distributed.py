@@ -23,7 +23,7 @@ from tests.test_trainer import ROOT, drop_timing, random_model_overrides, small_
 from thinkrl import distributed
 from thinkrl.config import ConfigError, load_config, validate_world
 from thinkrl.metrics import read_metrics
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT), "OMP_NUM_THREADS": "1"}
 G = 4

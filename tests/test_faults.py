@@ -22,7 +22,7 @@ from thinkrl.cli import main
 from thinkrl.config import load_config
 from thinkrl.data import DataError, load_jsonl
 from thinkrl.metrics import read_metrics
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + str(ROOT)}
 
@@ -49,7 +49,7 @@ def die_at_nth(obj, name, before=True, half_line=False):
         return real(*a, **k)
     setattr(obj, name, wrapper)
 
-import thinkrl.trainer as tr, thinkrl.checkpoint as ck, thinkrl.metrics as mt
+import thinkrl.train.grpo as tr, thinkrl.checkpoint as ck, thinkrl.metrics as mt
 if point == "mid_step":            # inside the update of a step
     die_at_nth(tr, "grpo_loss")
 elif point == "checkpoint_write":  # weights written, trainer state and manifest not yet

@@ -13,7 +13,7 @@ import torch
 from tests.conftest import make_tokenizer
 from tests.test_trainer import random_model_overrides, small_dataset
 from thinkrl.config import load_config
-from thinkrl.distill_onpolicy import reverse_kl_per_token
+from thinkrl.distill.onpolicy import reverse_kl_per_token
 from thinkrl.objective import Normaliser, grpo_loss
 from thinkrl.policy import SequenceBatch, completion_logprobs, load_model
 
@@ -95,7 +95,7 @@ def test_a_loaded_policy_gives_the_same_logprobs_in_train_mode_whatever_its_drop
 
 
 def test_a_reward_model_trains_without_dropout(tmp_path, monkeypatch):
-    import thinkrl.reward_model as rm
+    import thinkrl.train.reward_model as rm
 
     path, models = _dropout_model_dir(tmp_path / "qwen2", "qwen2"), []
     real = rm.load_reward_backbone
@@ -167,7 +167,7 @@ def zero_then_nan_reward(completions, **kwargs):
 
 
 def test_the_schedule_advances_mu_per_step_however_the_step_was_skipped(tmp_path, qwen2_dir, monkeypatch):
-    import thinkrl.trainer as tr
+    import thinkrl.train.grpo as tr
 
     real = tr.group_advantages
     calls = [0]

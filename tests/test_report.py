@@ -5,7 +5,7 @@ import math
 import random
 import re
 
-from thinkrl.report import load_metrics, write_report
+from thinkrl.evaluation.report import load_metrics, write_report
 
 CONFIG = "model:\n  path: <embedded & co>\nnote: \"quoted\"\n"
 

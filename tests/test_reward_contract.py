@@ -126,7 +126,7 @@ def test_length_shaping_beyond_the_completion_budget_fails_at_start():
 def test_training_logs_every_reward_and_survives_a_hanging_one(tmp_path, qwen2_dir):
     from tests.test_trainer import random_model_overrides, small_dataset
     from thinkrl.metrics import read_metrics
-    from thinkrl.trainer import GRPOTrainer
+    from thinkrl.train.grpo import GRPOTrainer
 
     weights = ("{accuracy: 1, format: 1, tag_count: 0.5, format_lenient: 0.5, language: 0.1, repetition: 0.1, "
                f"overlong: 1, cosine_length: 0.1, '{HERE}:hanging_reward': 1, '{HERE}:settings_reward': 0.01}}")

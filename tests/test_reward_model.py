@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkrl.reward_model import (RewardModel, bradley_terry_loss, encode,
+from thinkrl.train.reward_model import (RewardModel, bradley_terry_loss, encode,
                                   load_reward_backbone, load_rm_config, main, pairwise_accuracy, sequence_scores,
                                   train_reward_model)
-from thinkrl.reward_model_data import auc
+from thinkrl.train.reward_model_data import auc
 from thinkrl.task import general as G
 
 # ---------------------------------------------------------------------------- the loss

@@ -14,9 +14,9 @@ from thinkrl.config import ConfigError
 from thinkrl.data import DataError
 from thinkrl.metrics import read_metrics
 from thinkrl.policy import load_model, load_tokenizer
-from thinkrl.sft import (SFTConfig, SFTTrainer, batch_nll, load_sft_config, lr_factor, main, masked_lm_loss,
+from thinkrl.train.sft import (SFTConfig, SFTTrainer, batch_nll, load_sft_config, lr_factor, main, masked_lm_loss,
                          run_sft)
-from thinkrl.sft_data import IGNORE, encode_messages, encode_prompt_response, encode_rows, pack, pad_batch, read_rows
+from thinkrl.train.sft_data import IGNORE, encode_messages, encode_prompt_response, encode_rows, pack, pad_batch, read_rows
 from thinkrl.task.arithmetic import completion, make_problem
 
 from .conftest import make_tokenizer

@@ -7,9 +7,9 @@ import torch
 
 from tests.test_trainer import random_model_overrides, small_dataset
 from thinkrl.config import load_config
-from thinkrl.loop import threads_restored
+from thinkrl.train.loop import threads_restored
 from thinkrl.pipeline.stages import KINDS
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 
 
 @pytest.fixture()

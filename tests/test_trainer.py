@@ -14,7 +14,7 @@ import torch
 
 from thinkrl.config import load_config
 from thinkrl.metrics import read_metrics
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import pytest
 from thinkrl.config import ConfigError, load_config
 from thinkrl.metrics import read_metrics
 from thinkrl.rewards.combine import TypedRewards
-from thinkrl.trainer import GRPOTrainer
+from thinkrl.train.grpo import GRPOTrainer
 from tests.test_trainer import random_model_overrides
 
 GOOD = " <think>1+1=2</think> <answer>2</answer>"

@@ -49,7 +49,7 @@ def _run_training(args, config_path: str | None) -> int:
 
     from . import distributed
     from .policy import resolve_device
-    from .trainer import GRPOTrainer
+    from .train.grpo import GRPOTrainer
 
     distributed.init(resolve_device(cfg.model.device))  # under torchrun: join the other processes
     run_dir = None
@@ -102,7 +102,7 @@ def _run_training(args, config_path: str | None) -> int:
 def _score(args) -> int:
     from .config import ConfigError, parse_overrides
     from .rewards import get_reward
-    from .score import format_summary, score_file
+    from .evaluation.score import format_summary, score_file
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
     if not 0 < args.timeout < float("inf"):
@@ -180,8 +180,8 @@ STAGE_COMMANDS = {
     "distill": "distil a teacher into a student by SFT (or on-policy, reverse KL)",
     "pipeline": "the four-stage R1 pipeline and distillation, as a cached, resumable graph",
 }
-STAGE_MODULES = {"sft": ".sft", "coldstart": ".pipeline.coldstart", "reject": ".pipeline.reject",
-                 "rm": ".reward_model", "distill": ".distill", "pipeline": ".pipeline.run"}
+STAGE_MODULES = {"sft": ".train.sft", "coldstart": ".pipeline.coldstart", "reject": ".pipeline.reject",
+                 "rm": ".train.reward_model", "distill": ".distill.run", "pipeline": ".pipeline.run"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ a no-op, so one process runs exactly the code it ran before this module existed.
 Across machines the run directory must be on a shared filesystem (rank 0 writes it, every
 rank reads the checkpoint on --resume).
 
-What is global and what is local (see `thinkrl.trainer`): each process samples and scores
+What is global and what is local (see `thinkrl.train.grpo`): each process samples and scores
 its share of the step's questions (whole groups, so advantages are local); the loss
 normaliser, the decision to skip a step, the summed gradients, the optimizer step and the
 logged metrics are those of the whole batch.

@@ -1,7 +1,7 @@
 """The kinds of stage a pipeline is made of. Each takes a `StageContext` (settings with the
 inputs' paths filled in, a working directory, whether it resumes) and returns a summary with
 its `outputs`. Settings are the stage's own config, nested by section as in its YAML
-(`grpo`: thinkrl.config.Config; `sft`: thinkrl.sft.SFTConfig; ...)."""
+(`grpo`: thinkrl.config.Config; `sft`: thinkrl.train.sft.SFTConfig; ...)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..loop import restoring_threads
+from ..train.loop import restoring_threads
 from .graph import StageContext, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")
@@ -27,7 +27,7 @@ def grpo(ctx: StageContext) -> dict:
     final checkpoint, a loadable model directory."""
     from .. import checkpoint as ckpt
     from ..config import Config, validate
-    from ..trainer import GRPOTrainer
+    from ..train.grpo import GRPOTrainer
 
     cfg = _fill(Config(), ctx.settings)
     validate(cfg)
@@ -44,7 +44,7 @@ def grpo(ctx: StageContext) -> dict:
 def sft(ctx: StageContext) -> dict:
     """Supervised fine-tuning (stage 1 on the cold-start set, stage 3 on the rejection-sampled
     mix). Output: the fine-tuned model."""
-    from ..sft import SFTConfig, run_sft, validate_sft
+    from ..train.sft import SFTConfig, run_sft, validate_sft
 
     cfg = _fill(SFTConfig(), ctx.settings)
     validate_sft(cfg)
@@ -86,7 +86,7 @@ def general_data(ctx: StageContext) -> dict:
 
 
 def reward_model(ctx: StageContext) -> dict:
-    from ..reward_model import RMConfig, train_reward_model, validate
+    from ..train.reward_model import RMConfig, train_reward_model, validate
 
     cfg = _fill(RMConfig(), ctx.settings)
     validate(cfg)
@@ -121,7 +121,7 @@ def mix(ctx: StageContext) -> dict:
 
 
 def distill(ctx: StageContext) -> dict:
-    from ..distill import DistillConfig, run_distill
+    from ..distill.run import DistillConfig, run_distill
 
     s = run_distill(_fill(DistillConfig(), ctx.settings), ctx.out, resume=ctx.resume)
     if s.get("interrupted"):
@@ -152,7 +152,9 @@ def check(kind: str, settings: dict) -> None:
     """Validates a stage's settings as its kind will read them, without running anything:
     ConfigError (a ValueError) for a key that does not exist, a value of the wrong type, or an
     impossible one. References to other stages' outputs (`${zero.model}`) are left as they are."""
-    from .. import config, distill, reward_model, sft
+    from .. import config
+    from ..distill import run as distill
+    from ..train import reward_model, sft
     from . import coldstart as cs
     from . import reject as rj
 

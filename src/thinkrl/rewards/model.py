@@ -1,6 +1,6 @@
 """Rewards from trained reward models (DeepSeek-R1 stage 4, docs/R1-PIPELINE.md): on general
 prompts, helpfulness judged on the final summary only, harmlessness on the whole response,
-reasoning included. The models are made by `thinkrl rm` (`thinkrl.reward_model`) and loaded by
+reasoning included. The models are made by `thinkrl rm` (`thinkrl.train.reward_model`) and loaded by
 `rewards.scorer`.
 
     rewards:

@@ -1,6 +1,6 @@
 """A trained reward model (`thinkrl rm` makes them): a causal LM body with a scalar head, loaded
 from its directory (`RewardModel.from_dir`) and scoring (question, response) pairs. The
-sequence layout is shared with training (`thinkrl.reward_model`): prompt ids + response ids
+sequence layout is shared with training (`thinkrl.train.reward_model`): prompt ids + response ids
 (+ EOS), left-padded, the score read at the last column; a first stretch shared by all rows
 runs once, its KV cache serving every row. The part of a response that is scored: `whole`,
 or `summary` (the text after the last `</think>`). The rewards `reward_model`, `helpfulness`

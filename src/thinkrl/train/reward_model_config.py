@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, load_into
-from .template import render
+from ..config import ConfigError, load_into
+from ..template import render
 
 PARTS = ("whole", "summary")
 RULES = ("auto", "none", "helpfulness", "harmlessness")

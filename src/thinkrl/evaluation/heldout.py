@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import REFLECTION_WORDS, by_level, mean, reflection_counts
-from .rollout import SamplingParams
+from ..metrics import REFLECTION_WORDS, by_level, mean, reflection_counts
+from ..rollout import SamplingParams
 
 
 def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: int, prefix: str = "eval") -> dict:
     """Metrics of one evaluation pass; `seed` fixes the samples so that a resumed run and an
     uninterrupted one evaluate identically, without touching the training random streams."""
-    from .rewards import get_reward
+    from ..rewards import get_reward
 
     accuracy, fmt = get_reward("accuracy"), get_reward("format")
     e = cfg.eval

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_into
-from .sft_config import SFTConfig, validate_sft
+from ..config import ConfigError, load_into
+from ..train.sft_config import SFTConfig, validate_sft
 
 
 FORMATS = ("format", "format_lenient", "none")
@@ -110,7 +110,7 @@ class DistillConfig:
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     sample: TeacherSampling = field(default_factory=TeacherSampling)
     filter: FilterConfig = field(default_factory=FilterConfig)
-    # the SFT of the student (thinkrl.sft.SFTConfig); model and training data are set by distill
+    # the SFT of the student (thinkrl.train.sft.SFTConfig); model and training data are set by distill
     sft: Any = field(default_factory=_default_sft)
     on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     eval: DistillEvalConfig = field(default_factory=DistillEvalConfig)

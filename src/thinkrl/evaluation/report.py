@@ -20,9 +20,9 @@ import math
 import re
 from pathlib import Path
 
-from .evaluation.analyze import plots as paper_plots
-from .metrics import read_metrics as load_metrics
-from .plots import render_png
+from .analyze import plots as paper_plots
+from ..metrics import read_metrics as load_metrics
+from ..plots import render_png
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1320px;margin:24px auto;padding:0 16px;color:#222}

@@ -15,7 +15,7 @@ student's own sample, differentiable in the student, the teacher π_t without gr
 sampled prefixes are data (no gradient through the sampling). Both distributions are at
 temperature 1; `on_policy.temperature` only changes how the student explores. Comparing
 distributions token by token needs one vocabulary: a student with another tokenizer must be
-distilled by SFT on text (`thinkrl.distill`, mode sft).
+distilled by SFT on text (`thinkrl.distill.run`, mode sft).
 
 Writes OUT/metrics.jsonl (reverse_kl per token of each step's batch; eval/reverse_kl,
 eval/accuracy and eval/format_rate on held-out prompts every eval.every steps),
@@ -35,20 +35,20 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
-from .data import PromptSampler
-from .distill_config import DistillConfig, DistillError
-from .distill_eval import evaluate_model
-from .distill_data import load_prompts
-from .metrics import MetricsWriter, mean, read_metrics
-from .policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained
-from .progress import live_line
-from .rewards import get_reward
-from .rollout import SamplingParams, make_engine
-from .template import render
-from .loop import StopRequest
+from .. import checkpoint as ckpt
+from ..data import PromptSampler
+from .config import DistillConfig, DistillError
+from .evaluate import evaluate_model
+from .data import load_prompts
+from ..metrics import MetricsWriter, mean, read_metrics
+from ..policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained
+from ..progress import live_line
+from ..rewards import get_reward
+from ..rollout import SamplingParams, make_engine
+from ..template import render
+from ..train.loop import StopRequest
 
-log = logging.getLogger("thinkrl.distill")
+log = logging.getLogger("thinkrl.distill.run")
 
 
 TEACHER_LOGP_FLOOR = -100.0  # log π_t below this (π_t < 4e-44, or a -inf logit) counts as this

@@ -20,8 +20,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from .data import DataError, decode_line
-from .rewards.combine import WeightedRewards
+from ..data import DataError, decode_line
+from ..rewards.combine import WeightedRewards
 
 BATCH = 256
 

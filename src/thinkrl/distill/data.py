@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import data
-from .data import load_dataset, load_jsonl
-from .distill_config import DistillConfig, DistillDataConfig, FilterConfig
+from .. import data
+from ..data import load_dataset, load_jsonl
+from .config import DistillConfig, DistillDataConfig, FilterConfig
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...], on_bad_row: str = "error") -> list[dict]:
@@ -67,10 +67,10 @@ def load_prompts(d: DistillDataConfig, eval_size: int) -> tuple[list[dict], list
 def teacher_samples(cfg: DistillConfig, prompts: list[dict]) -> list[dict]:
     """The teacher's `sample.n` samples of every prompt (`rollout.sample.sample_answers`), or
     the rows of an existing dataset (data.dataset, --data)."""
-    from .rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
+    from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
     from tqdm.auto import tqdm
 
-    from .policy import load_tokenizer
+    from ..policy import load_tokenizer
 
     if cfg.data.dataset:
         return dataset_samples(cfg.data, prompts)
@@ -113,7 +113,7 @@ def filter_samples(samples: list[dict], f: FilterConfig, student_tokenizer=None)
     Reasons, checked in this order: empty, truncated, wrong (accuracy 0), unverifiable (the
     reference cannot be parsed), format, not_representable (the student's tokenizer does
     not give the text back), duplicate, over_cap."""
-    from .rewards import get_reward
+    from ..rewards import get_reward
 
     reasons = [None] * len(samples)
     for i, s in enumerate(samples):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from . import distributed
-from .metrics import read_metrics
-from .report import write_report
-from .rundir import write_text_atomic
+from .. import checkpoint as ckpt
+from .. import distributed
+from ..metrics import read_metrics
+from ..evaluation.report import write_report
+from ..rundir import write_text_atomic
 
 log = logging.getLogger("thinkrl")
 

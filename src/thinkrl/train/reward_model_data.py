@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import torch
 
-from .config import ConfigError
+from ..config import ConfigError
 from .reward_model_config import RMDataConfig
 
 
@@ -28,7 +28,7 @@ PAIR_FIELDS = ("prompt", "chosen", "rejected")
 def load_pairs(path: str | Path, on_bad_row: str = "error") -> list[dict]:
     """Rows {prompt, chosen, rejected} (strings) from JSONL; a bad line raises DataError
     naming file and line (or is skipped and counted with on_bad_row="skip")."""
-    from .data import read_jsonl
+    from ..data import read_jsonl
 
     def check(row):
         missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
@@ -47,7 +47,7 @@ def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
 
     rule = d.rule
     if d.train.startswith("synthetic:"):
-        from .task.general import make_general_splits, preference_pairs
+        from ..task.general import make_general_splits, preference_pairs
 
         kind = d.train.split(":", 1)[1]
         rows_train, rows_test = make_general_splits(d.synthetic_seed, d.synthetic_train, d.synthetic_test)
@@ -65,7 +65,7 @@ def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
         random.Random(seed).shuffle(order)
         k = max(1, int(len(train) * d.test_share))
         if k >= len(train):
-            from .data import DataError
+            from ..data import DataError
 
             raise DataError(f"data.test=split: {len(train)} pair(s) are too few to hold out {d.test_share:.0%}")
         test, train = [train[i] for i in order[:k]], [train[i] for i in order[k:]]
@@ -77,7 +77,7 @@ def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
 def rule_verdicts(pairs: list[dict], rule: str) -> list[tuple[bool, bool]]:
     """(rule accepts chosen, rule accepts rejected) for each pair; ConfigError when the
     pairs are not of thinkrl.task.general (their questions cannot be judged)."""
-    from .task.general import judge_harmless, judge_helpful
+    from ..task.general import judge_harmless, judge_helpful
 
     def ok(prompt, text):
         return judge_helpful(prompt, text) if rule == "helpfulness" else judge_harmless(text)

@@ -11,19 +11,19 @@ The R1 recipe, `mode: sft` (the default):
 2. filter: where a prompt row has a reference `answer`, only correct (accuracy reward) and
    well-formed (`filter.format`) samples are kept; truncated, duplicate and empty ones are
    dropped, at most `filter.max_per_prompt` per prompt; every drop is counted by reason;
-3. SFT (`thinkrl.sft.run_sft`) of the student on the kept *text*. The student re-tokenizes
+3. SFT (`thinkrl.train.sft.run_sft`) of the student on the kept *text*. The student re-tokenizes
    it with its own tokenizer, so its architecture and vocabulary may differ from the
    teacher's (R1 distilled into Qwen2.5 and Llama-3 alike); a response the student's
    tokenizer cannot reproduce exactly is dropped (`not_representable`).
 
-Steps 1-2 are `thinkrl.distill_data`; the config and its checks are `thinkrl.distill_config`, the held-out
-evaluation `thinkrl.distill_eval`; this module holds the run and the CLI.
+Steps 1-2 are `thinkrl.distill.data`; the config and its checks are `thinkrl.distill.config`, the held-out
+evaluation `thinkrl.distill.evaluate`; this module holds the run and the CLI.
 
 Writes OUT/distill.jsonl (prompt, response, answer, teacher, prompt_id, sample_index),
 OUT/sft/ (the SFT run), OUT/student/ (the final model) and OUT/summary.json.
 
 `mode: on_policy` (`--on-policy`, beyond the paper) trains the student on its own samples
-towards the teacher's per-token distribution by reverse KL: see `thinkrl.distill_onpolicy`.
+towards the teacher's per-token distribution by reverse KL: see `thinkrl.distill.onpolicy`.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_into, to_yaml
-from .data import DataError
-from .distill_config import (DistillConfig, DistillDataConfig, DistillError, DistillEvalConfig, FilterConfig, ModelRef,
+from ..config import ConfigError, load_into, to_yaml
+from ..data import DataError
+from .config import (DistillConfig, DistillDataConfig, DistillError, DistillEvalConfig, FilterConfig, ModelRef,
                              OnPolicyConfig, RunConfig, TeacherSampling, load_distill_config, sft_config, validate)
-from .distill_data import (dataset_samples, distill_row, filter_samples, load_prompts, read_jsonl, round_trips,
+from .data import (dataset_samples, distill_row, filter_samples, load_prompts, read_jsonl, round_trips,
                            teacher_samples)
-from .distill_eval import evaluate_model, evaluate_path
-from .rundir import run_claimed
+from .evaluate import evaluate_model, evaluate_path
+from ..rundir import run_claimed
 
-log = logging.getLogger("thinkrl.distill")
+log = logging.getLogger("thinkrl.distill.run")
 
-# the settings live in thinkrl.distill_config, the data steps in thinkrl.distill_data, the held-out evaluation
-# in thinkrl.distill_eval; they are importable from here as well
+# the settings live in thinkrl.distill.config, the data steps in thinkrl.distill.data, the held-out evaluation
+# in thinkrl.distill.evaluate; they are importable from here as well
 __all__ = ["DistillConfig", "DistillDataConfig", "DistillError", "DistillEvalConfig", "FilterConfig", "ModelRef",
            "OnPolicyConfig", "RunConfig", "TeacherSampling", "dataset_samples", "distill_row", "evaluate_model",
            "filter_samples", "load_distill_config", "load_prompts", "main", "read_jsonl", "round_trips", "run_distill",
@@ -70,11 +70,11 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -
         torch.set_num_threads(cfg.run.threads)
     (out / "config.yaml").write_text(to_yaml(cfg))
     if cfg.mode == "on_policy":
-        from .distill_onpolicy import run_on_policy  # deferred: it imports torch
+        from .onpolicy import run_on_policy  # deferred: it imports torch
 
         return run_on_policy(cfg, out, resume=resume)
-    from .policy import load_tokenizer
-    from .sft import run_sft  # deferred, as policy above: they import torch
+    from ..policy import load_tokenizer
+    from ..train.sft import run_sft  # deferred, as policy above: they import torch
 
     t0 = time.time()
     prompts, held = load_prompts(cfg.data, cfg.eval.size)

@@ -52,22 +52,22 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, to_yaml
-from .data import DataError
+from ..config import ConfigError, to_yaml
+from ..data import DataError
 from .loop import BadSteps, lr_factor, nonfinite_cause, threads_restored
-from .metrics import MetricsWriter
-from .policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
+from ..metrics import MetricsWriter
+from ..policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
     load_rm_config, validate
 from .reward_model_data import load_data, rule_metrics, rule_verdicts
-from .rewards.scorer import (INFO_FILE, RewardModel, encode, load_reward_backbone, response_part, score_sequences,
+from ..rewards.scorer import (INFO_FILE, RewardModel, encode, load_reward_backbone, response_part, score_sequences,
                              sequence_scores)
-from .rundir import RunDirError, claim
-from .template import render
+from ..rundir import RunDirError, claim
+from ..template import render
 
 log = logging.getLogger("thinkrl.rm")
 
-# the settings live in thinkrl.reward_model_config, the trained model's scoring in thinkrl.rewards.scorer;
+# the settings live in thinkrl.train.reward_model_config, the trained model's scoring in thinkrl.rewards.scorer;
 # they are importable from here as well
 __all__ = ["INFO_FILE", "PARTS", "RULES", "RMConfig", "RMDataConfig", "RMLogConfig", "RMModelConfig", "RMTrainConfig",
            "RewardModel", "bradley_terry_loss", "encode", "encode_pairs", "load_reward_backbone", "load_rm_config",

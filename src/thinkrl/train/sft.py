@@ -42,19 +42,19 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
-from .config import ConfigError, to_yaml
-from .data import DataError, PromptSampler
-from .policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
+from .. import checkpoint as ckpt
+from ..config import ConfigError, to_yaml
+from ..data import DataError, PromptSampler
+from ..policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
 from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
-from .rundir import run_claimed, write_text_atomic
+from ..rundir import run_claimed, write_text_atomic
 from .sft_config import SFTConfig, load_sft_config, validate_sft
 from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
 
 log = logging.getLogger("thinkrl")
 
-# the settings live in thinkrl.sft_config, the loss in thinkrl.sft_loss; they are importable from here as well
+# the settings live in thinkrl.train.sft_config, the loss in thinkrl.train.sft_loss; they are importable from here as well
 __all__ = ["SFTConfig", "SFTTrainer", "batch_nll", "check_packing", "load_sft_config", "lr_factor", "main",
            "masked_lm_loss", "run_sft", "token_nll", "validate_sft"]
 
@@ -108,7 +108,7 @@ class SFTTrainer:
         self.bad = BadSteps(t.max_bad_steps)  # consecutive steps skipped for a NaN/inf loss or gradient
         self.window = [0.0, 0]  # NLL sum and response tokens since the last metrics line
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        from .metrics import MetricsWriter
+        from ..metrics import MetricsWriter
 
         self.metrics = MetricsWriter(self.run_dir)
         if not resume and (self.run_dir / "metrics.jsonl").exists():
@@ -183,7 +183,7 @@ class SFTTrainer:
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         cause = nonfinite_cause(nll_sum / norm, grad_norm)
-        if cause:  # never apply a NaN/inf update (thinkrl.loop.BadSteps: the policy of every loop)
+        if cause:  # never apply a NaN/inf update (thinkrl.train.loop.BadSteps: the policy of every loop)
             log.warning("step %d skipped: %s", self.step + 1, cause)
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -277,7 +277,7 @@ class SFTTrainer:
         return self.run_dir / "final"
 
     def _summary(self, final: Path | None, interrupted: bool, error: str | None = None) -> dict:
-        from .metrics import read_metrics
+        from ..metrics import read_metrics
 
         rows = read_metrics(self.run_dir)
         train_rows = [r for r in rows if r.get("loss") is not None]

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, read_jsonl
-from .template import render
+from ..data import DataError, read_jsonl
+from ..template import render
 
 log = logging.getLogger("thinkrl")
 
@@ -262,7 +262,7 @@ def pack(samples: list[Sample], pack_length: int, pad_id: int = 0) -> Batch:
 def shared_prefix_len(samples: list[Sample]) -> int:
     """The number of leading tokens every sample has in common and is not scored on (the
     prompt template's head), leaving each sample at least one token after it."""
-    from .policy import common_prefix_len
+    from ..policy import common_prefix_len
 
     first_target = min(next(t for t, y in enumerate(labels) if y != IGNORE) for _, labels in samples)
     return min(common_prefix_len([ids for ids, _ in samples]), first_target)  # the logits at n-1 may predict a target
@@ -271,7 +271,7 @@ def shared_prefix_len(samples: list[Sample]) -> int:
 def pad_batch(samples: list[Sample], pad_id: int = 0, share_prefix: bool = False, min_prefix: int = 8) -> Batch:
     """One sample per row, right-padded to the longest (the unpacked layout). share_prefix:
     record the common unscored prefix (at least `min_prefix` tokens, two samples or more) so
-    that the forward pass runs it once for all rows (`thinkrl.sft.batch_nll`)."""
+    that the forward pass runs it once for all rows (`thinkrl.train.sft.batch_nll`)."""
     batch = _layout(samples, [[i] for i in range(len(samples))], pad_id, packed=False)
     if share_prefix and len(samples) > 1:
         n = shared_prefix_len(samples)

@@ -1,18 +1,18 @@
 """The held-out evaluation of a distilled student (and of the student before), by the R1
-protocol (`thinkrl.evaluate`): accuracy and format rate of sampled answers."""
+protocol (`thinkrl.evaluation.heldout`): accuracy and format rate of sampled answers."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .distill_config import DistillConfig
-from .template import render
+from .config import DistillConfig
+from ..template import render
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop: list[str], seed: int) -> dict:
-    """Held-out accuracy and format rate of a model by the R1 protocol (`thinkrl.evaluate`)."""
-    from .evaluate import evaluate  # deferred, as rollout: they import torch (`thinkrl distill` loads it when it runs)
-    from .rollout import make_engine
+    """Held-out accuracy and format rate of a model by the R1 protocol (`thinkrl.evaluation.heldout`)."""
+    from ..evaluation.heldout import evaluate  # deferred, as rollout: they import torch (`thinkrl distill` loads it when it runs)
+    from ..rollout import make_engine
 
     if not rows:
         return {}
@@ -27,7 +27,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop:
 
 def evaluate_path(path: str, tok_path: str | None, rows, cfg: DistillConfig) -> dict:
     """`evaluate_model` of the model in `path` (nothing when there are no rows)."""
-    from .policy import load_model, load_tokenizer, resolve_device  # deferred: torch
+    from ..policy import load_model, load_tokenizer, resolve_device  # deferred: torch
 
     if not rows:
         return {}

@@ -38,19 +38,19 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
-from .config import Config, validate_world
-from .data import PromptSampler, load_dataset
-from .evaluate import evaluate
+from .. import distributed
+from ..config import Config, validate_world
+from ..data import PromptSampler, load_dataset
+from ..evaluation.heldout import evaluate
 from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
-from .metrics import MetricsWriter, by_level, has_reflection, mean
-from .rundir import write_text_atomic
-from .objective import Normaliser, group_advantages, grpo_loss
-from .policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
-from .rewards.combine import TypedRewards, WeightedRewards
-from .rollout import SamplingParams, make_engine
-from .run_state import NoMetrics, RunState
-from .template import render
+from ..metrics import MetricsWriter, by_level, has_reflection, mean
+from ..rundir import write_text_atomic
+from ..objective import Normaliser, group_advantages, grpo_loss
+from ..policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
+from ..rewards.combine import TypedRewards, WeightedRewards
+from ..rollout import SamplingParams, make_engine
+from .grpo_state import NoMetrics, RunState
+from ..template import render
 
 log = logging.getLogger("thinkrl")
 
@@ -339,7 +339,7 @@ class GRPOTrainer(RunState):
         return out
 
     def run(self) -> dict:
-        from .progress import Progress
+        from ..progress import Progress
 
         cfg = self.cfg
         self.t_start = time.time()

@@ -10,8 +10,8 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
-from .policy import cache_kwarg, output_cache
+from ..config import ConfigError
+from ..policy import cache_kwarg, output_cache
 from .sft_data import IGNORE, Batch
 
 
