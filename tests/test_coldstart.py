@@ -9,11 +9,13 @@ import re
 import time
 
 import pytest
+
+from thinkrl.cli import main as cli_main
 import torch
 
 from thinkrl.config import ConfigError, load_into
 from thinkrl.pipeline.coldstart import (ColdStartConfig, ReadableConfig, build_few_shot_rows, embedded_worked_example,
-                                        few_shot_prompt, load_prompts, load_worked_examples, main, readable,
+                                        few_shot_prompt, load_prompts, load_worked_examples, readable,
                                         resolve_model, run_coldstart, select, validate)
 from thinkrl.rewards import get_reward
 from thinkrl.rewards.math import extract_answer
@@ -257,7 +259,7 @@ def test_resolve_model_finds_the_newest_checkpoint_of_a_run(tmp_path, qwen2_dir)
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "prompts.limit=4", "sampling.n=2", "threads=1"]) == 0
+    assert cli_main(["coldstart", "--out", str(tmp_path), "prompts.limit=4", "sampling.n=2", "threads=1"]) == 0
     assert "coldstart: kept" in capsys.readouterr().out
-    assert main(["--out", str(tmp_path), "sampling.n=0"]) == 2
+    assert cli_main(["coldstart", "--out", str(tmp_path / "bad"), "sampling.n=0"]) == 2
     assert "sampling.n must be >= 1" in capsys.readouterr().err

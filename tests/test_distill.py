@@ -6,9 +6,11 @@ import json
 import random
 
 import pytest
+
+from thinkrl.cli import main as cli_main
 import torch
 
-from thinkrl.distill.run import FilterConfig, filter_samples, load_distill_config, main, round_trips, run_distill
+from thinkrl.distill.run import FilterConfig, filter_samples, load_distill_config, round_trips, run_distill
 from thinkrl.distill.onpolicy import reverse_kl_per_token
 from thinkrl.policy import load_tokenizer
 from thinkrl.task import arithmetic as ar
@@ -173,7 +175,7 @@ def test_on_policy_distillation_lowers_the_reverse_kl(tmp_path):
     assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_000008"
     assert (tmp_path / "run" / "student" / "model.safetensors").exists()
     # --resume continues the run from its newest checkpoint, with the settings it started with
-    assert main(["--resume", "--out", str(tmp_path / "run"), "on_policy.steps=10"]) == 0
+    assert cli_main(["distill", "--resume", "--out", str(tmp_path / "run"), "on_policy.steps=10"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 10 and summary["resumed_from"].endswith("step_000008")
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == list(range(11))
@@ -181,7 +183,7 @@ def test_on_policy_distillation_lowers_the_reverse_kl(tmp_path):
 
 def test_on_policy_with_another_tokenizer_fails_at_start(tmp_path, capsys):
     student = save_student(tmp_path / "student", student_bpe_tokenizer(), "llama", hidden=32)
-    code = main(["--on-policy", "--teacher", "embedded", "--student", student, "--out", str(tmp_path / "run"),
+    code = cli_main(["distill", "--on-policy", "--teacher", "embedded", "--student", student, "--out", str(tmp_path / "run"),
                  "--no-progress"])
     assert code == 2
     err = capsys.readouterr().err
@@ -221,7 +223,7 @@ def test_sft_distillation_into_another_architecture_and_tokenizer(tmp_path):
                  "eval.max_new_tokens=48", "sft.train.epochs=40", "sft.train.batch_size=8", "sft.train.micro_batch_size=8",
                  "sft.optim.lr=3e-3", "sft.optim.schedule=constant", "sft.train.save_every=0"]
     out = tmp_path / "run"
-    assert main(["--teacher", "embedded", "--student", student, "--prompts", prompts, "--out", str(out),
+    assert cli_main(["distill", "--teacher", "embedded", "--student", student, "--prompts", prompts, "--out", str(out),
                  "--no-progress", *overrides]) == 0
     summary = json.loads((out / "summary.json").read_text())
     kept = [json.loads(line) for line in (out / "distill.jsonl").read_text().splitlines()]

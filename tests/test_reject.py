@@ -9,10 +9,12 @@ import time
 
 import pytest
 
+from thinkrl.cli import main as cli_main
+
 from thinkrl.config import ConfigError, load_into
 from thinkrl.data import DataError
 from thinkrl.pipeline import filters
-from thinkrl.pipeline.reject import RejectConfig, load_general, main, mix, run_reject, select, validate
+from thinkrl.pipeline.reject import RejectConfig, load_general, mix, run_reject, select, validate
 from thinkrl.rewards import get_reward
 
 # ---------------------------------------------------------------- filters
@@ -255,7 +257,7 @@ def test_config_errors_say_what_to_change(tmp_path):
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert "filters.require_format" in str(e.value) and "sampling.temperature" in str(e.value)
-    assert main(["--out", str(tmp_path), "judge.method=oracle"]) == 2
+    assert cli_main(["reject", "--out", str(tmp_path), "judge.method=oracle"]) == 2
 
 
 # ---------------------------------------------------------------- a run on the embedded model
@@ -300,11 +302,11 @@ def test_run_reject_on_the_embedded_model(tmp_path):
 
 
 def test_cli_writes_the_dataset_and_prints_the_report(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--checkpoint", "embedded", "--prompts", "embedded",
+    assert cli_main(["reject", "--out", str(tmp_path), "--checkpoint", "embedded", "--prompts", "embedded",
                  "prompts.limit=4", "sampling.n=2", "threads=1"]) == 0
     out = capsys.readouterr().out
     assert "reject: kept" in out and "of 8 samples" in out
     assert (tmp_path / "reject.jsonl").exists() and (tmp_path / "config.yaml").exists()
     # the saved config runs again as it is, to the same data
-    assert main(["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert cli_main(["reject", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "reject.jsonl").read_text() == (tmp_path / "reject.jsonl").read_text()

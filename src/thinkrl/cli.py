@@ -1,32 +1,160 @@
-"""The `thinkrl` command.
+"""The `thinkrl` command: one table of commands, parsed one way.
 
-    thinkrl zero  [--out DIR] [--resume] [section.key=value ...]   R1-Zero on the embedded tiny model
-    thinkrl train --config FILE.yaml [--out DIR] [--resume] [...]   the same GRPO for any causal LM
-    thinkrl build-tiny [--out DIR]                                  rebuild the embedded model and task
-    thinkrl score --rewards A,B --data IN.jsonl --out OUT.jsonl     rewards on a file of completions
-    thinkrl eval --model M --benchmark B[,B...] --samples K --out DIR   pass@1, cons@K, pass@k (R1 protocol)
-    thinkrl analyze RUN_DIR                                         length, reflection, accuracy plots of a run
+    thinkrl zero      [--out DIR] [--resume] [section.key=value ...]   R1-Zero on the embedded tiny model
+    thinkrl train     --config FILE.yaml ...     GRPO for any causal LM
+    thinkrl sft | rm | distill | coldstart | reject | eval | pipeline  --config FILE.yaml ...
+    thinkrl score | analyze | build-tiny         tools on files and runs (own flags)
 
-Data-parallel training over N processes (see thinkrl.distributed): prefix `zero` or `train`
+Every command that runs something takes the same run options: `--config FILE.yaml` (the
+command's settings; configs/ has one per command), `section.key=value` anywhere among the
+flags (after the YAML), `--out DIR` (default a new runs/COMMAND-TIME-XXXX, claimed and
+locked while the run works), `--resume` (continue the run in --out, or the newest one under
+runs/, with the settings it started with), `--overwrite` (replace the thinkrl run in --out)
+and `--no-progress`. A command's own flags are shortcuts for settings: `thinkrl distill
+--teacher M` is `teacher.path=M`.
+
+Data-parallel GRPO over N processes (see thinkrl.distributed): prefix `zero` or `train`
 with torchrun, e.g. `torchrun --nproc_per_node N -m thinkrl.cli train --config FILE.yaml`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, describe, load_config
 
 
-def _run_training(args, config_path: str | None) -> int:
+@dataclass(frozen=True)
+class Flag:
+    """A command's own flag: a shortcut for one setting (`key`), or with `value` a switch that
+    sets it. With no `key`, a plain option the command reads from `args` itself."""
+    name: str
+    help: str
+    key: str | None = None
+    value: str | None = None
+    type: type = str
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    run: str  # "module:function", called as function(args, out, config) -> exit code
+    flags: tuple[Flag, ...] = ()
+    progress: str = "run.progress"  # the setting --no-progress turns off
+    claims: bool = True  # --out is claimed and locked as this run's (the pipeline keeps its own cache root)
+    config_help: str = ""
+
+
+COMMANDS: dict[str, Command] = {
+    "zero": Command("R1-Zero GRPO on the embedded tiny model and task (the main job)", ".cli:_grpo",
+                    (Flag("--steps", "override train.steps", key="train.steps", type=int),
+                     Flag("--profile", "time each phase of a step precisely (CUDA sync)", key="train.profile",
+                          value="true")), progress="log.progress", claims=False),
+    "train": Command("GRPO on any transformers causal LM from a YAML config", ".cli:_grpo",
+                     (Flag("--steps", "override train.steps", key="train.steps", type=int),
+                      Flag("--profile", "time each phase of a step precisely (CUDA sync)", key="train.profile",
+                           value="true")), progress="log.progress", claims=False, config_help="see configs/"),
+    "sft": Command("supervised fine-tuning (response tokens only, packing, chat templates)", ".train.sft:command",
+                   progress="train.progress", config_help="sections model, data, optim, train (configs/sft-tiny.yaml)"),
+    "rm": Command("train a Bradley-Terry reward model on preference pairs", ".train.reward_model:command",
+                  progress="log.progress", config_help="sections model, data, train, log (configs/rm-tiny.yaml)"),
+    "distill": Command(
+        "distil a teacher into a student by SFT (or on-policy, reverse KL)", ".distill.run:command",
+        (Flag("--teacher", "teacher model: a directory, a hub id or 'embedded'", key="teacher.path"),
+         Flag("--student", "student model directory or hub id (its own tokenizer)", key="student.path"),
+         Flag("--prompts", "JSONL of question[/answer] rows, or 'embedded'", key="data.prompts"),
+         Flag("--data", "reuse this prompt/response JSONL (e.g. stage 3's) instead of sampling the teacher",
+              key="data.dataset"),
+         Flag("--on-policy", "reverse-KL on-policy distillation (same tokenizer)", key="mode", value="on_policy")),
+        config_help="sections mode, teacher, student, data, sample, filter, sft, on_policy, eval, run"),
+    "coldstart": Command(
+        "stage 1: a cold-start set of readable long chains of thought", ".pipeline.coldstart:command",
+        (Flag("--model", "an R1-Zero run or checkpoint directory, a model, 'embedded'", key="model"),
+         Flag("--prompts", "'embedded' or a JSONL of question/answer rows", key="prompts.data"),
+         Flag("--mode", "refine | few_shot", key="mode")), progress="",
+        config_help="defaults: the embedded model and task"),
+    "reject": Command(
+        "stage 3: rejection sampling (rules or a generative judge), filters, dedup, mix", ".pipeline.reject:command",
+        (Flag("--checkpoint", "the stage-2 model: a run or checkpoint directory, a model", key="checkpoint"),
+         Flag("--prompts", "'embedded' or a JSONL of question/answer rows", key="prompts.data")), progress="",
+        config_help="defaults: the embedded model and task, rule judging"),
+    "pipeline": Command("the four-stage R1 pipeline and distillation, as a cached, resumable graph",
+                        ".pipeline.run:main", progress="", claims=False),
+}
+# tools on files and runs: their own flags (below), no run directory
+TOOLS = {"score": "score a JSONL file of completions with named rewards, with reasons",
+         "eval": "evaluate a model by the R1 protocol: K samples per question",
+         "analyze": "the paper's analyses of a run: length, reflective words, accuracy",
+         "build-tiny": "rebuild the embedded tiny model, tokenizer and task data"}
+LEGACY = {"pipeline", "sft", "rm"}  # for now these parse their own arguments (their module's `main`)
+
+
+def _parser(name: str, cmd: Command) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"thinkrl {name}", description=cmd.help)
+    p.add_argument("--config", help="YAML settings" + (f" ({cmd.config_help})" if cmd.config_help else ""))
+    p.add_argument("--out", help="run directory (default a new runs/<command>-<time>-XXXX; with --resume the newest)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete "
+                   "checkpoint, with the settings it started with")
+    p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    for f in cmd.flags:
+        if f.value is not None:
+            p.add_argument(f.name, action="store_true", help=f.help)
+        else:
+            p.add_argument(f.name, type=f.type, help=f.help)
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=1e-5")
+    return p
+
+
+def parse(name: str, argv: list[str]) -> argparse.Namespace:
+    """The run options of `name`, its flags turned into the settings they stand for (appended to
+    `overrides`, so that they win over the YAML)."""
+    cmd = COMMANDS[name]
+    args = _parser(name, cmd).parse_intermixed_args(argv)  # overrides anywhere among the flags
+    args.command, overrides = name, list(args.overrides)
+    for f in cmd.flags:
+        given = getattr(args, f.name.lstrip("-").replace("-", "_"))
+        if f.key and given is not None and given is not False:
+            overrides.append(f"{f.key}={f.value if f.value is not None else given}")
+    if args.no_progress and cmd.progress:
+        overrides.append(f"{cmd.progress}=false")
+    args.overrides = overrides
+    return args
+
+
+def _function(target: str):
+    module, _, fn = target.partition(":")
+    if module == ".cli":
+        return globals()[fn]
+    return getattr(importlib.import_module(module, __package__), fn)  # deferred: each command's heavy imports
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    if name in LEGACY:
+        return _function(COMMANDS[name].run.partition(":")[0] + ":main")(argv) or 0
+    args = parse(name, argv)
+    body = _function(COMMANDS[name].run)
+    if not COMMANDS[name].claims:
+        return body(args, Path(args.out) if args.out else None, args.config)
+    from .rundir import run_claimed
+
+    return run_claimed(name, args, body)  # the run directory is this run's alone, locked while it works
+
+
+def _grpo(args, out: Path | None, config_path: str | None) -> int:
+    """`thinkrl zero` and `thinkrl train`: rank 0 claims the run directory, every process trains."""
     from .data import DataError
     from .rundir import RunDirError, claim, latest_run
 
-    out = Path(args.out) if args.out else None
+    if args.command == "train" and config_path is None and not args.resume:
+        print("thinkrl train: give --config FILE.yaml (or --resume --out DIR)", file=sys.stderr)
+        return 2
     if args.resume and out is None:
         out = latest_run(Path("runs"))
         if out is None:
@@ -34,15 +162,8 @@ def _run_training(args, config_path: str | None) -> int:
             return 2
     if args.resume and config_path is None and (out / "config.yaml").exists():
         config_path = str(out / "config.yaml")  # continue the run with the settings it started with
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.no_progress:
-        overrides.append("log.progress=false")
-    if args.profile:
-        overrides.append("train.profile=true")
     try:
-        cfg = load_config(config_path, overrides)
+        cfg = load_config(config_path, args.overrides)
     except (ConfigError, OSError) as e:
         print(f"thinkrl: {e}", file=sys.stderr)
         return 2
@@ -172,16 +293,35 @@ def _analyze(args) -> int:
     return 0
 
 
-STAGE_COMMANDS = {
-    "sft": "supervised fine-tuning (response tokens only, packing, chat templates)",
-    "coldstart": "stage 1: a cold-start set of readable long chains of thought",
-    "reject": "stage 3: rejection sampling (rules or a generative judge), filters, dedup, mix",
-    "rm": "train a Bradley-Terry reward model on preference pairs",
-    "distill": "distil a teacher into a student by SFT (or on-policy, reverse KL)",
-    "pipeline": "the four-stage R1 pipeline and distillation, as a cached, resumable graph",
-}
-STAGE_MODULES = {"sft": ".train.sft", "coldstart": ".pipeline.coldstart", "reject": ".pipeline.reject",
-                 "rm": ".train.reward_model", "distill": ".distill.run", "pipeline": ".pipeline.run"}
+def _tool_parser(name: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"thinkrl {name}", description=TOOLS[name])
+    if name == "score":
+        p.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
+        p.add_argument("--data", required=True, help="JSONL with completion, and prompt/answer/tests/... columns")
+        p.add_argument("--out", required=True, help="output JSONL: one row per input row")
+        p.add_argument("--param", action="append", default=[], metavar="REWARD.KEY=VALUE",
+                       help="a reward's setting, e.g. accuracy.source=final (repeatable)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
+    elif name == "analyze":
+        p.add_argument("run_dir")
+    elif name == "eval":
+        p.add_argument("--model", required=True, help="local directory, hub id, or 'embedded'")
+        p.add_argument("--benchmark", action="append", required=True,
+                       help="gsm8k, math500, humaneval, aime, embedded, aime:PATH, jsonl:PATH[?question=COL&answer=COL]"
+                            " (repeatable or comma-separated)")
+        p.add_argument("--samples", type=int, default=16, help="K samples per question (default 16)")
+        p.add_argument("--out", required=True, help="directory for results.json and samples.jsonl")
+        p.add_argument("--limit", type=int, help="at most this many questions per benchmark")
+        p.add_argument("--temperature", type=float, default=0.6)
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--max-new-tokens", type=int, help="completion budget (default: min(512, half the context))")
+        p.add_argument("--template", default="r1_zero", help="r1_zero, chat, none, or a string with {prompt}")
+        p.add_argument("--batch-size", type=int, default=64, help="completions per generation call")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--data-dir", help="where the benchmark files are (default $THINKRL_DATA or ../shared/data)")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--no-progress", action="store_true")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,84 +330,24 @@ def main(argv: list[str] | None = None) -> int:
                         format="thinkrl: %(message)s" if rank == 0 else f"thinkrl[rank {rank}]: %(message)s")
     for noisy in ("httpx", "urllib3", "transformers", "math_verify", "latex2sympy2_extended"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    parser = argparse.ArgumentParser(prog="thinkrl", description="Reasoning through reinforcement learning (GRPO, DeepSeek-R1).")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def training_args(p):
-        p.add_argument("--out", help="run directory (default a new runs/<timestamp>-XXXX; with --resume, the newest run)")
-        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
-        p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
-        p.add_argument("--steps", type=int, help="override train.steps")
-        p.add_argument("--profile", action="store_true", help="time each phase of a step precisely (CUDA sync)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-        p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=1e-5 rollout.group_size=16")
-
-    p_zero = sub.add_parser("zero", help="R1-Zero GRPO on the embedded tiny model and task (the main job)")
-    training_args(p_zero)
-    p_train = sub.add_parser("train", help="GRPO on any transformers causal LM from a YAML config")
-    p_train.add_argument("--config", required=False, help="YAML config (see configs/)")
-    training_args(p_train)
-    p_build = sub.add_parser("build-tiny", help="rebuild the embedded tiny model, tokenizer and task data")
-    p_build.add_argument("rest", nargs=argparse.REMAINDER)
-
-    p_score = sub.add_parser("score", help="score a JSONL file of completions with named rewards, with reasons")
-    p_score.add_argument("--rewards", required=True, help="comma-separated reward names or import paths")
-    p_score.add_argument("--data", required=True, help="JSONL with completion, and prompt/answer/tests/... columns")
-    p_score.add_argument("--out", required=True, help="output JSONL: one row per input row")
-    p_score.add_argument("--param", action="append", default=[], metavar="REWARD.KEY=VALUE",
-                         help="a reward's setting, e.g. accuracy.source=final (repeatable)")
-    p_score.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
-
-    p_eval = sub.add_parser("eval", help="evaluate a model by the R1 protocol: K samples per question")
-    p_eval.add_argument("--model", required=True, help="local directory, hub id, or 'embedded'")
-    p_eval.add_argument("--benchmark", action="append", required=True,
-                        help="gsm8k, math500, humaneval, aime, embedded, aime:PATH, jsonl:PATH[?question=COL&answer=COL]"
-                             " (repeatable or comma-separated)")
-    p_eval.add_argument("--samples", type=int, default=16, help="K samples per question (default 16)")
-    p_eval.add_argument("--out", required=True, help="directory for results.json and samples.jsonl")
-    p_eval.add_argument("--limit", type=int, help="at most this many questions per benchmark")
-    p_eval.add_argument("--temperature", type=float, default=0.6)
-    p_eval.add_argument("--top-p", type=float, default=0.95)
-    p_eval.add_argument("--max-new-tokens", type=int, help="completion budget (default: min(512, half the context))")
-    p_eval.add_argument("--template", default="r1_zero", help="r1_zero, chat, none, or a string with {prompt}")
-    p_eval.add_argument("--batch-size", type=int, default=64, help="completions per generation call")
-    p_eval.add_argument("--seed", type=int, default=0)
-    p_eval.add_argument("--data-dir", help="where the benchmark files are (default $THINKRL_DATA or ../shared/data)")
-    p_eval.add_argument("--device", default="auto")
-    p_eval.add_argument("--no-progress", action="store_true")
-    p_analyze = sub.add_parser("analyze", help="the paper's analyses of a run: length, reflective words, accuracy")
-    p_analyze.add_argument("run_dir")
-
-    # the R1 pipeline's commands: each module parses its own arguments (`thinkrl sft --help`)
-    for name, helptext in STAGE_COMMANDS.items():
-        sub.add_parser(name, help=helptext, add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in STAGE_COMMANDS:
-        import importlib
-
-        return importlib.import_module(STAGE_MODULES[argv[0]], __package__).main(argv[1:]) or 0
-
-    if argv and argv[0] in ("zero", "train"):  # section.key=value overrides anywhere among the flags
-        args = {"zero": p_zero, "train": p_train}[argv[0]].parse_intermixed_args(argv[1:])
-        args.command = argv[0]
-    else:
-        args = parser.parse_args(argv)
-    if args.command == "zero":
-        return _run_training(args, None)
-    if args.command == "train":
-        if args.config is None and not args.resume:
-            parser.error("train needs --config FILE.yaml (or --resume --out DIR)")
-        return _run_training(args, args.config)
-    if args.command == "score":
-        return _score(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "analyze":
-        return _analyze(args)
-    if args.command == "build-tiny":
+    if argv and argv[0] in COMMANDS:
+        return run_command(argv[0], argv[1:])
+    if argv and argv[0] == "build-tiny":
         from .task.build import main as build_main
 
-        return build_main(args.rest) or 0
+        return build_main(argv[1:]) or 0
+    if argv and argv[0] in TOOLS:
+        args = _tool_parser(argv[0]).parse_args(argv[1:])
+        return {"score": _score, "eval": _eval, "analyze": _analyze}[argv[0]](args)
+    parser = argparse.ArgumentParser(prog="thinkrl", description="Reasoning through reinforcement learning (GRPO, "
+                                     "DeepSeek-R1). `thinkrl COMMAND --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, cmd in COMMANDS.items():
+        sub.add_parser(name, help=cmd.help, add_help=False)
+    for name, text in TOOLS.items():
+        sub.add_parser(name, help=text, add_help=False)
+    parser.parse_args(argv)  # prints the help, or the error for an unknown command
     return 2
 
 

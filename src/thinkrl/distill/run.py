@@ -28,7 +28,6 @@ towards the teacher's per-token distribution by reverse KL: see `thinkrl.distill
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -39,12 +38,12 @@ from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
 from ..data import DataError
+from ..rundir import write_text_atomic
 from .config import (DistillConfig, DistillDataConfig, DistillError, DistillEvalConfig, FilterConfig, ModelRef,
                              OnPolicyConfig, RunConfig, TeacherSampling, load_distill_config, sft_config, validate)
 from .data import (dataset_samples, distill_row, filter_samples, load_prompts, read_jsonl, round_trips,
                            teacher_samples)
 from .evaluate import evaluate_model, evaluate_path
-from ..rundir import run_claimed
 
 log = logging.getLogger("thinkrl.distill.run")
 
@@ -113,41 +112,14 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -
         "student_after": {k: after[k] for k in ("eval/accuracy", "eval/format_rate") if k in after},
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="thinkrl distill", description="Distil a teacher into a student: SFT on the "
-                                 "teacher's filtered samples (R1), or on-policy by reverse KL (--on-policy).")
-    ap.add_argument("--teacher", help="teacher model: a directory, a hub id or 'embedded'")
-    ap.add_argument("--student", help="student model directory or hub id (its own tokenizer)")
-    ap.add_argument("--prompts", help="JSONL of question[/answer] rows, or 'embedded'")
-    ap.add_argument("--data", help="reuse this prompt/response JSONL (e.g. stage 3's) instead of sampling the teacher")
-    ap.add_argument("--out", help="output directory (default runs/distill-TIME)")
-    ap.add_argument("--on-policy", action="store_true", help="reverse-KL on-policy distillation (same tokenizer)")
-    ap.add_argument("--config", help="YAML config (sections: mode, teacher, student, data, sample, filter, sft, "
-                    "on_policy, eval, run)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    ap.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. sample.n=8 sft.optim.lr=1e-4")
-    args = ap.parse_intermixed_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_claimed("distill", args, _distill_command)  # the run directory is this run's alone
-
-
-def _distill_command(args, out: Path, config: str | None) -> int:
+def command(args, out: Path, config: str | None) -> int:
+    """`thinkrl distill` (thinkrl.cli parses the arguments and claims `out`)."""
     try:
         cfg = load_into(DistillConfig(), config, args.overrides)
-        for value, (section, key) in ((args.teacher, ("teacher", "path")), (args.student, ("student", "path")),
-                                      (args.prompts, ("data", "prompts")), (args.data, ("data", "dataset"))):
-            if value is not None:
-                setattr(getattr(cfg, section), key, value)
-        if args.on_policy:
-            cfg.mode = "on_policy"
-        if args.no_progress:
-            cfg.run.progress = False
         validate(cfg)
         summary = run_distill(cfg, out, resume=args.resume)
     except (ConfigError, DataError, DistillError, OSError) as e:
@@ -159,6 +131,3 @@ def _distill_command(args, out: Path, config: str | None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

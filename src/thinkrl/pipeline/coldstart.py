@@ -29,7 +29,6 @@ Human review is the one part not automated; `coldstart.jsonl` is what a reviewer
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
+from ..data import DataError, load_dataset
 from .readable import (ReadableConfig, build_few_shot_rows, embedded_worked_example, few_shot_prompt,
                        load_worked_examples, readable, validate_readable)
 
@@ -160,7 +160,6 @@ def resolve_model(path: str) -> str:
 
 def load_prompts(p: PromptsConfig) -> list[dict]:
     """The prompt rows (question, answer, other columns), the first `limit`, each with an id."""
-    from ..data import DataError, load_dataset
 
     rows = load_dataset(p.data, "train", p.question_field, p.answer_field, p.on_bad_row)
     if p.limit:
@@ -305,25 +304,11 @@ def format_report(report: dict) -> str:
             f"{report['seconds']:.1f}s -> {report['output']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..data import DataError
-
-    p = argparse.ArgumentParser(prog="thinkrl coldstart", description="Stage 1 of R1: a cold-start set of readable "
-                                "long chains of thought (refined R1-Zero outputs or few-shot prompting).")
-    p.add_argument("--config", help="YAML config (defaults: the embedded model and task)")
-    p.add_argument("--out", required=True, help="directory for coldstart.jsonl and report.json")
-    p.add_argument("--model", help="shortcut for model=... (a run or checkpoint directory, a model, 'embedded')")
-    p.add_argument("--prompts", help="shortcut for prompts.data=... ('embedded' or a JSONL path)")
-    p.add_argument("--mode", choices=MODES, help="shortcut for mode=...")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. sampling.n=8 few_shot.shots=2")
-    args = p.parse_intermixed_args(argv)  # overrides anywhere among the flags
-    overrides = list(args.overrides)
-    for key, value in (("model", args.model), ("prompts.data", args.prompts), ("mode", args.mode)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+def command(args, out: Path, config: str | None) -> int:
+    """`thinkrl coldstart` (thinkrl.cli parses the arguments and claims `out`)."""
     try:
-        cfg = load_into(ColdStartConfig(), args.config, overrides)
-        report = run_coldstart(cfg, args.out)
+        cfg = load_into(ColdStartConfig(), config, args.overrides)
+        report = run_coldstart(cfg, out)
     except (ConfigError, DataError, OSError) as e:
         print(f"thinkrl coldstart: {e}", file=sys.stderr)
         return 2

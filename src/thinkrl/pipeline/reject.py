@@ -31,7 +31,6 @@ over_cap (`keep.max_per_prompt`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
+from ..data import DataError
 from .coldstart import (PromptsConfig, SamplingConfig, format_report, load_prompts, per_prompt_histogram,
                         resolve_model, validate_prompts_sampling, write_jsonl)
 from .judge import UNJUDGED, GenerativeJudge, Verdict
@@ -324,25 +324,11 @@ def run_reject(cfg: RejectConfig, out_dir: str | Path) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ..data import DataError
-
-    p = argparse.ArgumentParser(prog="thinkrl reject", description="Stage 3 of R1: rejection sampling from the "
-                                "stage-2 checkpoint (rules or a generative judge), readability filters, dedup, "
-                                "a cap per prompt, and the non-reasoning mix.")
-    p.add_argument("--config", help="YAML config (defaults: the embedded model and task, rule judging)")
-    p.add_argument("--out", required=True, help="directory for reject.jsonl and report.json")
-    p.add_argument("--checkpoint", help="shortcut for checkpoint=... (a run or checkpoint directory, a model)")
-    p.add_argument("--prompts", help="shortcut for prompts.data=... ('embedded' or a JSONL path)")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. sampling.n=16 judge.method=judge")
-    args = p.parse_intermixed_args(argv)  # overrides anywhere among the flags
-    overrides = list(args.overrides)
-    for key, value in (("checkpoint", args.checkpoint), ("prompts.data", args.prompts)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+def command(args, out: Path, config: str | None) -> int:
+    """`thinkrl reject` (thinkrl.cli parses the arguments and claims `out`)."""
     try:
-        cfg = load_into(RejectConfig(), args.config, overrides)
-        report = run_reject(cfg, args.out)
+        cfg = load_into(RejectConfig(), config, args.overrides)
+        report = run_reject(cfg, out)
     except (ConfigError, DataError, OSError) as e:
         print(f"thinkrl reject: {e}", file=sys.stderr)
         return 2
