@@ -2,6 +2,7 @@
 does nothing, a changed stage re-runs only what depends on it, a killed stage resumes."""
 
 import json
+import os
 
 import pytest
 
@@ -16,7 +17,10 @@ def make_kinds(calls):
         text = ctx.settings.get("text", "")
         for src in ctx.settings.get("read", []):
             text += "|" + open(src).read()
-        if ctx.settings.get("crash") and not ctx.resume:
+        once = ctx.settings.get("crash_once")  # a file: crash unless it exists, and create it
+        if ctx.settings.get("crash") and not ctx.resume or once and not os.path.exists(once):
+            if once:
+                open(once, "w").close()
             (ctx.out / "half").write_text("half done")
             raise RuntimeError("killed")
         out = ctx.out / "data.txt"
@@ -101,6 +105,36 @@ def test_a_killed_stage_resumes_and_finished_ones_are_kept(tmp_path):
     assert calls == [("c", True), ("d", False)]
     assert (tmp_path / "stages" / f"c-{g.keys['c']}" / "half").exists()  # the stage saw its own partial work
     assert records["c"]["resumed"] is True
+
+
+def test_a_stage_killed_after_its_record_was_written_is_only_moved_into_place(tmp_path):
+    calls = []
+    g = Graph(r1_like(), make_kinds(calls), tmp_path)
+    before = g.run()
+    final = g.directory("b")
+    partial, aside = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+    final.rename(partial)  # the state a kill leaves between stage.json and the rename
+    aside.mkdir()  # and an older copy a kill left half-deleted
+    (aside / "stale").write_text("x")
+    assert dict(g.plan())["b"] == "resume"
+    calls.clear()
+    after = Graph(r1_like(), make_kinds(calls), tmp_path).run()
+    assert calls == []  # nothing ran again
+    assert after == before
+    assert final.is_dir() and not partial.exists() and not aside.exists()
+
+
+def test_a_kind_that_cannot_resume_starts_over_in_an_empty_directory(tmp_path):
+    stages = [Stage("a", "write", {"text": "a", "crash_once": str(tmp_path / "crashed")})]
+    calls = []
+    with pytest.raises(RuntimeError, match="killed"):
+        Graph(stages, make_kinds(calls), tmp_path, resumable=set()).run()
+    g = Graph(stages, make_kinds(calls), tmp_path, resumable=set())
+    assert dict(g.plan())["a"] == "resume"
+    g.run()
+    assert calls == [("a", False), ("a", False)]  # told to start afresh, not to resume
+    assert not (g.directory("a") / "half").exists()  # in an emptied directory
+    assert g.record("a")["resumed"] is False
 
 
 def test_targets_run_only_their_inputs(tmp_path):

@@ -10,7 +10,10 @@ spelled with the input's key, not its path), the contents of files it names with
 - a changed stage gets a new key, and so does everything downstream of it: only they run;
 - a killed run leaves `NAME-KEY.partial/`; the next run hands it back to the stage with
   `resume=True` (training stages continue from their checkpoints) and renames it into place
-  only when the stage has finished, with its `stage.json` written last.
+  only when the stage has finished, with its `stage.json` written last. A kind that cannot
+  continue partial work (not in `resumable`) starts over in an emptied directory; a partial
+  directory whose `stage.json` is written is only renamed. A complete directory is never
+  deleted in place: it is renamed aside first, so a kill never leaves half of one.
 
 A stage function takes a `StageContext` and returns a summary dict whose `outputs` maps
 names (`model`, `data`, ...) to paths inside `ctx.out`; `${stage.NAME}` resolves to them.
@@ -91,11 +94,13 @@ def _file_digest(path: str) -> str:
 
 class Graph:
     def __init__(self, stages: list[Stage], kinds: dict[str, Callable[[StageContext], dict]], root: str | Path,
-                 version: str = ""):
+                 version: str = "", resumable: set[str] | None = None):
+        """`resumable`: the kinds that continue their own partial work (default: every kind)."""
         self.stages = {s.name: s for s in stages}
         if len(self.stages) != len(stages):
             raise PipelineError("two stages share a name; stage names must be unique")
         self.kinds, self.root, self.version = kinds, Path(root), version
+        self.resumable = set(kinds) if resumable is None else set(resumable)
         for s in stages:
             if s.kind not in kinds:
                 raise PipelineError(f"stage {s.name!r}: unknown kind {s.kind!r}; choose one of {sorted(kinds)}")
@@ -201,6 +206,14 @@ class Graph:
     def _run_stage(self, name: str, resume: bool) -> None:
         s, final = self.stages[name], self.directory(name)
         partial = final.with_name(final.name + ".partial")
+        if _finished(partial, self.keys[name]):  # killed between its stage.json and the rename
+            log.info("stage %s had finished; moving it into place", name)
+            _move_into_place(partial, final)
+            return
+        if resume and s.kind not in self.resumable:  # its partial work cannot be continued: start over
+            log.info("stage %s (%s) cannot continue a killed run; starting it over", name, s.kind)
+            shutil.rmtree(partial)
+            resume = False
         partial.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(name, s.kind, self._resolve(s.settings), partial, resume, self.keys[name])
         log.info("stage %s (%s)%s -> %s", name, s.kind, " resumed" if resume else "", final)
@@ -214,15 +227,33 @@ class Graph:
         tmp = partial / (DONE + ".tmp")
         tmp.write_text(json.dumps(record, indent=1, default=str))
         os.replace(tmp, partial / DONE)
-        if final.exists():  # an older complete copy of the same key: replace it
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        _move_into_place(partial, final)
 
     def _write_index(self) -> None:
         index = {n: str(self.directory(n)) for n in self.order if self.is_done(n)}
         tmp = self.root / "stages.json.tmp"
         tmp.write_text(json.dumps(index, indent=1))
         os.replace(tmp, self.root / "stages.json")
+
+
+def _finished(partial: Path, key: str) -> bool:
+    """Did the stage in `partial` finish (its stage.json, written last, is there and whole)?"""
+    try:
+        return json.loads((partial / DONE).read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _move_into_place(partial: Path, final: Path) -> None:
+    """Rename a finished `partial` to `final`. An older copy at `final` is renamed aside
+    before it is deleted, so `final` is only ever absent or whole."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():  # left by a run killed while deleting it
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(partial, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _relocated(obj, partial: str, final: str):

@@ -149,13 +149,13 @@ def build(path: str | None, overrides: list[str], out: str | Path) -> Graph:
     from .. import __version__
     from ..task import STUDENT_DIR, TINY_DIR
     from .graph import _file_digest
-    from .stages import KINDS
+    from .stages import KINDS, RESUMABLE
 
     shipped = [_file_digest(str(d / "model.safetensors")) for d in (TINY_DIR, STUDENT_DIR)]
     code = _file_digest(str(Path(__file__).resolve().parent.parent))  # thinkrl's own source: code is an input too
     stages = load_stages(path, overrides)
     check_stages(stages)
-    return Graph(stages, KINDS, out, version=f"{__version__}+{'+'.join(shipped)}+{code}")
+    return Graph(stages, KINDS, out, version=f"{__version__}+{'+'.join(shipped)}+{code}", resumable=RESUMABLE)
 
 
 def check_stages(stages: list[Stage]) -> None:

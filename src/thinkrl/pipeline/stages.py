@@ -170,6 +170,8 @@ def check(kind: str, settings: dict) -> None:
 KINDS = {kind: restoring_threads(fn) for kind, fn in {
     "grpo": grpo, "sft": sft, "coldstart": coldstart, "reject": reject, "general": general_data,
     "rm": reward_model, "mix": mix, "distill": distill, "eval": evaluate, "report": report}.items()}
+# the kinds that continue a killed run from their checkpoints; the others start over in an empty directory
+RESUMABLE = {"grpo", "sft", "distill"}
 
 
 def read_json(path: str | Path) -> dict:
