@@ -114,14 +114,16 @@ def test_a_stage_killed_after_its_record_was_written_is_only_moved_into_place(tm
     final = g.directory("b")
     partial, aside = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
     final.rename(partial)  # the state a kill leaves between stage.json and the rename
-    aside.mkdir()  # and an older copy a kill left half-deleted
+    aside.mkdir()  # and older copies a kill left half-deleted, of this stage and of a cached one
     (aside / "stale").write_text("x")
+    cached_aside = g.directory("a").with_name(g.directory("a").name + ".old")
+    cached_aside.mkdir()
     assert dict(g.plan())["b"] == "resume"
     calls.clear()
     after = Graph(r1_like(), make_kinds(calls), tmp_path).run()
     assert calls == []  # nothing ran again
     assert after == before
-    assert final.is_dir() and not partial.exists() and not aside.exists()
+    assert final.is_dir() and not partial.exists() and not aside.exists() and not cached_aside.exists()
 
 
 def test_a_kind_that_cannot_resume_starts_over_in_an_empty_directory(tmp_path):

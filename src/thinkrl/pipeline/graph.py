@@ -193,6 +193,8 @@ class Graph:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise PipelineError(f"another pipeline is running in {self.root}; wait for it or use another --out") from None
+            for old in (self.root / "stages").glob("*.old"):  # older copies a killed run did not finish deleting
+                shutil.rmtree(old, ignore_errors=True)
             records = {}
             for n, status in self.plan(targets):
                 if status != "cached":
