@@ -123,6 +123,39 @@ def test_analyze_a_zero_run(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "nothing")]) == 2
 
 
+def test_training_time_evaluation_and_thinkrl_eval_are_one_protocol():
+    """One set of protocol defaults, and the same settings and seed give the same samples
+    whether GRPO's held-out evaluation or `thinkrl eval` draws them."""
+    import torch
+
+    from thinkrl.config import Config, load_config
+    from thinkrl.distill.config import DistillConfig
+    from thinkrl.evaluation.benchmarks import load_benchmark
+    from thinkrl.evaluation.heldout import evaluate
+    from thinkrl.evaluation.run import evaluate_rows
+    from thinkrl.policy import load_model, load_tokenizer
+    from thinkrl.rollout import make_engine
+    from thinkrl.sections import EvalProtocol
+    from thinkrl.template import render
+
+    for cfg in (Config().eval, DistillConfig().eval, EvalSettings()):
+        assert isinstance(cfg, EvalProtocol)
+        assert (cfg.temperature, cfg.top_p) == (EvalProtocol.temperature, EvalProtocol.top_p) == (0.6, 0.95)
+    assert load_config(None, ["eval.temperature=0.7", "eval.samples=3"]).eval.samples == 3  # the YAML keys
+    tok = load_tokenizer("embedded")
+    engine = make_engine("hf", load_model("embedded", torch.device("cpu"), requires_grad=False), tok, "cpu")
+    rows = load_benchmark("embedded", None, limit=6)
+    cfg = load_config(None, ["eval.samples=3", "eval.batch_size=9", "eval.max_new_tokens=32", "eval.temperature=0.9"])
+    prompts = [tok(render(r["question"], cfg.model.template, tok), add_special_tokens=False)["input_ids"] for r in rows]
+    held = evaluate(engine, prompts, rows, cfg, seed=7)
+    s = EvalSettings(samples=3, batch_size=9, max_new_tokens=32, temperature=0.9, seed=7, template=cfg.model.template,
+                     stop=cfg.rollout.stop)
+    summary, _ = evaluate_rows(engine, tok, rows, s)
+    # the same completions; only the order of the sums differs
+    assert held["eval/accuracy"] == pytest.approx(summary["pass@1"]["mean"], rel=1e-12)
+    assert held["eval/completion_len"] == pytest.approx(summary["mean_length"], rel=1e-12)
+
+
 class ScriptedEngine:
     """A rollout engine that answers from a script (question -> K completions): the engine
     interface, so evaluate_rows' scoring and estimators are checked on known answers."""

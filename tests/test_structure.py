@@ -23,7 +23,8 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, list[str]]] = [
     ("utilities", ["thinkrl", "thinkrl.checks", "thinkrl.template", "thinkrl.progress", "thinkrl.metrics",
                    "thinkrl.rundir", "thinkrl.distributed", "thinkrl.checkpoint", "thinkrl.data",
-                   "thinkrl.task", "thinkrl.task.arithmetic", "thinkrl.task.general", "thinkrl.plots"]),
+                   "thinkrl.task", "thinkrl.task.arithmetic", "thinkrl.task.general", "thinkrl.plots",
+                   "thinkrl.sections"]),
     ("sandbox", ["thinkrl.sandbox", "thinkrl.sandbox.*"]),
     ("policy and objective", ["thinkrl.policy", "thinkrl.objective"]),
     ("rollout", ["thinkrl.rollout", "thinkrl.rollout.*"]),

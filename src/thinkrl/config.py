@@ -19,6 +19,7 @@ import yaml
 from . import checks
 from .checks import ConfigError
 from .rewards.settings import reward_problems
+from .sections import EvalProtocol
 
 
 @dataclass
@@ -105,13 +106,9 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalProtocol):
+    """The held-out evaluation during training: the R1 protocol (`sections.EvalProtocol`), and when."""
     every: int = 50  # held-out evaluation every N steps (and at start and end); 0 = start/end only
-    temperature: float = 0.6  # R1 protocol: sampling, never greedy
-    top_p: float = 0.95
-    samples: int = 1  # samples per question; accuracy is their mean (pass@1)
-    max_new_tokens: int = 80
-    batch_size: int = 300
 
 
 @dataclass

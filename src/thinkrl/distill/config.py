@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, load_into
+from ..sections import EvalProtocol
 from ..train.sft_config import SFTConfig, validate_sft
 
 
@@ -77,14 +78,10 @@ class OnPolicyConfig:
 
 
 @dataclass
-class DistillEvalConfig:
+class DistillEvalConfig(EvalProtocol):
+    """The student's held-out evaluation: the R1 protocol (`sections.EvalProtocol`), on how many prompts, when."""
     size: int = 100  # held-out prompts (0 = no evaluation)
     every: int = 25  # on-policy: evaluate every N steps (and at start and end); 0 = start/end only
-    temperature: float = 0.6  # R1 protocol: sampled, never greedy
-    top_p: float = 0.95
-    samples: int = 1
-    max_new_tokens: int = 80
-    batch_size: int = 300
 
 
 @dataclass

@@ -16,13 +16,11 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: DistillConfig, stop:
 
     if not rows:
         return {}
-    context = getattr(model.config, "max_position_embeddings", None) or 10**9
     prompts = [tokenizer(render(r["question"], cfg.data.template, tokenizer), add_special_tokens=False)["input_ids"]
                for r in rows]
-    fits = [i for i, p in enumerate(prompts) if len(p) + cfg.eval.max_new_tokens <= context]
     engine = make_engine("hf", model, tokenizer, next(model.parameters()).device)
     shim = SimpleNamespace(eval=cfg.eval, rollout=SimpleNamespace(stop=list(stop)))
-    return evaluate(engine, [prompts[i] for i in fits], [rows[i] for i in fits], shim, seed)
+    return evaluate(engine, prompts, rows, shim, seed, context=getattr(model.config, "max_position_embeddings", None) or None)
 
 
 def evaluate_path(path: str, tok_path: str | None, rows, cfg: DistillConfig) -> dict:

@@ -5,36 +5,28 @@ of reflective words (any, and each word's occurrences per response)."""
 
 from __future__ import annotations
 
-import torch
-
 from ..metrics import REFLECTION_WORDS, by_level, mean, reflection_counts
-from ..rollout import SamplingParams
+from ..rollout.sample import SampleSettings, sample_with
 
 
-def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: int, prefix: str = "eval") -> dict:
+def evaluate(engine, prompt_ids: list[list[int]], rows: list[dict], cfg, seed: int, prefix: str = "eval",
+             context: int | None = None) -> dict:
     """Metrics of one evaluation pass; `seed` fixes the samples so that a resumed run and an
-    uninterrupted one evaluate identically, without touching the training random streams."""
+    uninterrupted one evaluate identically, without touching the training random streams.
+    `cfg.eval` is the protocol (`sections.EvalProtocol`), `cfg.rollout.stop` the stop strings;
+    a prompt that leaves no room for `max_new_tokens` in `context` is skipped."""
     from ..rewards import get_reward
 
     accuracy, fmt = get_reward("accuracy"), get_reward("format")
-    e = cfg.eval
-    params = SamplingParams(n=e.samples, temperature=e.temperature, top_p=e.top_p,
-                            max_new_tokens=e.max_new_tokens, stop=list(cfg.rollout.stop))
-    gen = torch.Generator().manual_seed(seed)
-    correct, fmt_ok, lengths, reflect, levels, words = [], [], [], [], [], []
-    per_batch = max(1, e.batch_size // e.samples)
-    for start in range(0, len(rows), per_batch):
-        batch_rows = rows[start: start + per_batch]
-        out = engine.generate(prompt_ids[start: start + per_batch], params, generator=gen)
-        expanded = [r for r in batch_rows for _ in range(e.samples)]
-        answers = [r["answer"] for r in expanded]
-        correct += accuracy(out.texts, answer=answers)
-        fmt_ok += fmt(out.texts)
-        lengths += [len(c) for c in out.completion_ids]
-        counts = [reflection_counts(t) for t in out.texts]
-        words += counts
-        reflect += [float(any(c.values())) for c in counts]  # one regex pass gives both
-        levels += [r.get("level") for r in expanded]
+    s = SampleSettings.protocol(cfg.eval, stop=list(cfg.rollout.stop), seed=seed)
+    got = sample_with(engine, None, rows, s, context, prompt_ids=prompt_ids)
+    texts = [g["completion"] for g in got]
+    correct = accuracy(texts, answer=[g["row"]["answer"] for g in got])
+    fmt_ok = fmt(texts)
+    lengths = [g["n_tokens"] for g in got]
+    words = [reflection_counts(t) for t in texts]
+    reflect = [float(any(c.values())) for c in words]  # one regex pass gives both
+    levels = [g["row"].get("level") for g in got]
     result = {
         f"{prefix}/accuracy": mean(correct),
         f"{prefix}/format_rate": mean(fmt_ok),

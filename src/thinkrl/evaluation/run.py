@@ -29,17 +29,18 @@ from pathlib import Path
 import torch
 
 from ..metrics import has_reflection, mean
+from ..sections import EvalProtocol
 from .estimators import default_ks, mean_and_se, pass_at_1, pass_at_k_table
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(EvalProtocol):
+    """`thinkrl eval`: the R1 protocol (`sections.EvalProtocol`, as in training) with more samples
+    and longer answers than a training run can afford every N steps, so smaller batches."""
     samples: int = 16  # K per question (R1: 16 for MATH-500, 64 for AIME)
-    temperature: float = 0.6
-    top_p: float = 0.95
     max_new_tokens: int | None = None  # None: min(512, half the model's context)
-    template: str = "r1_zero"  # r1_zero | chat | none | a string with {prompt}
     batch_size: int = 64  # completions per generate call
+    template: str = "r1_zero"  # r1_zero | chat | none | a string with {prompt}
     seed: int = 0
     limit: int | None = None  # at most this many questions per benchmark
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
@@ -76,9 +77,8 @@ def evaluate_rows(engine, tokenizer, rows: list[dict], s: EvalSettings, context:
     K = s.samples
     # sampled as every other sampler does (rollout.sample): K per question, batch_size // K
     # questions per generate call, one generator seeded s.seed, questions that do not fit skipped
-    got = sample_with(engine, tokenizer, rows, SampleSettings(
-        n=K, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, template=s.template,
-        stop=list(s.stop), batch_size=s.batch_size, seed=s.seed), context, progress=progress)
+    got = sample_with(engine, tokenizer, rows, SampleSettings.protocol(s, template=s.template, stop=list(s.stop),
+                                                                      seed=s.seed), context, progress=progress)
     kept = [got[i]["row"] for i in range(0, len(got), K)]
     skipped = len(rows) - len(kept)
     per_call = max(1, s.batch_size // K)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..policy import load_model, load_tokenizer, resolve_device
+from ..sections import EvalProtocol
 from ..template import render
 from .engine import SamplingParams
 from . import make_engine
@@ -29,6 +30,12 @@ class SampleSettings:
     seed: int = 0
     device: str = "auto"
 
+    @classmethod
+    def protocol(cls, p: EvalProtocol, **kw) -> "SampleSettings":
+        """The settings of an evaluation by the protocol `p` (kw: template, stop, seed, ...)."""
+        return cls(n=p.samples, temperature=p.temperature, top_p=p.top_p, max_new_tokens=p.max_new_tokens,
+                   batch_size=p.batch_size, **kw)
+
 
 def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=None, tokenizer=None,
                    progress=None) -> list[dict]:
@@ -47,12 +54,17 @@ def sample_answers(model: str, rows: list[dict], s: SampleSettings, model_obj=No
 
 
 def sample_with(engine, tok, rows: list[dict], s: SampleSettings, context: int | None = None, model: str = "",
-                progress=None) -> list[dict]:
+                progress=None, prompt_ids: list[list[int]] | None = None, generator=None) -> list[dict]:
     """`sample_answers` with a given engine: `context` (None: no limit) decides which questions
-    fit; `progress(k)` after each generate call of k questions."""
+    fit; `progress(k)` after each generate call of k questions. `prompt_ids`: the rows' prompts
+    already tokenized (`tok` and `s.template` then unused). `generator`: draw from it, going on
+    from where it stands, instead of from a new one seeded `s.seed`."""
     prompts, kept, skipped = [], [], 0
     for i, r in enumerate(rows):
-        ids = tok(render(r["question"], s.template, tok), add_special_tokens=False)["input_ids"]
+        if prompt_ids is not None:
+            ids = prompt_ids[i]
+        else:
+            ids = tok(render(r["question"], s.template, tok), add_special_tokens=False)["input_ids"]
         if context is not None and len(ids) + s.max_new_tokens > context:
             skipped += 1
             continue
@@ -63,10 +75,11 @@ def sample_with(engine, tok, rows: list[dict], s: SampleSettings, context: int |
                     skipped, len(rows), s.max_new_tokens)
     params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                             stop=list(s.stop))
-    gen = torch.Generator().manual_seed(s.seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(s.seed)
     per_call = max(1, s.batch_size // s.n)
     out: list[dict] = []
-    with torch.inference_mode():
+    # no_grad, not inference_mode: the engine may share the weights of a policy that trains next
+    with torch.no_grad():
         for start in range(0, len(kept), per_call):
             batch = kept[start: start + per_call]
             ro = engine.generate(prompts[start: start + per_call], params, generator=gen)
