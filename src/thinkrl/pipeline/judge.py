@@ -20,14 +20,11 @@ Several lines that agree are one verdict. The fields' own text cannot forge a ve
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from typing import NamedTuple
 
 import torch
-
-log = logging.getLogger("thinkrl.pipeline")
 
 UNJUDGED = "not judged"  # the reason's start when the judge prompt does not fit its context
 HEADER = "You are grading an answer against a reference answer."
@@ -89,7 +86,7 @@ def parse_verdict(text: str | None) -> Verdict:
 
 
 class GenerativeJudge:
-    """A causal LM as judge, batched through `HFEngine`.
+    """A causal LM as judge, sampled through the rollout engine (`rollout.sample.sample_with`).
 
     model: a model directory / hub id / "embedded", or a loaded model (then pass `tokenizer`).
     template: how the judge prompt becomes the model's input (`thinkrl.template.render`:
@@ -120,35 +117,31 @@ class GenerativeJudge:
         self.counts: Counter = Counter()
 
     def judge(self, questions: list[str], references: list[str], predictions: list[str]) -> list[Verdict]:
-        from ..rollout import SamplingParams, make_engine
+        from ..rollout import make_engine
+        from ..rollout.sample import SampleSettings, sample_with
         from ..template import render
 
         if not len(questions) == len(references) == len(predictions):
             raise ValueError(f"{len(questions)} questions, {len(references)} references and "
                              f"{len(predictions)} predictions: they must be aligned")
         context = getattr(self.model.config, "max_position_embeddings", None)
-        out: list[Verdict | None] = [None] * len(questions)
-        todo: list[tuple[int, list[int]]] = []
-        for i, (q, r, p) in enumerate(zip(questions, references, predictions)):
-            text = render(build_judge_prompt(q, r, p), self.template, self.tokenizer)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if context is not None and len(ids) + self.max_new_tokens > context:
-                out[i] = Verdict(None, f"{UNJUDGED}: the judge prompt of {len(ids)} tokens does not fit the context of {context} "
-                                       f"with {self.max_new_tokens} new tokens")
-                self.counts["unjudged"] += 1
-            else:
-                todo.append((i, ids))
+        rows = [{"id": i, "question": render(build_judge_prompt(q, r, p), self.template, self.tokenizer)}
+                for i, (q, r, p) in enumerate(zip(questions, references, predictions))]
+        ids = [self.tokenizer(row["question"], add_special_tokens=False)["input_ids"] for row in rows]
         engine = make_engine("hf", self.model, self.tokenizer, next(self.model.parameters()).device)
-        params = SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p,
-                                max_new_tokens=self.max_new_tokens)
-        with torch.inference_mode():
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start: start + self.batch_size]
-                texts = engine.generate([ids for _, ids in batch], params, generator=self.generator).texts
-                for (i, _), text in zip(batch, texts):
-                    v = parse_verdict(text)
-                    out[i] = v
-                    self.counts["malformed" if v.correct is None else ("correct" if v.correct else "incorrect")] += 1
-        if self.counts["unjudged"]:
-            log.warning("judge: %d prompt(s) did not fit the judge's context", self.counts["unjudged"])
-        return out  # type: ignore[return-value]
+        s = SampleSettings(n=1, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
+                           stop=[], batch_size=self.batch_size)
+        # one generator for the judge's life: each call goes on from where the last one stopped
+        got = {g["prompt_id"]: g["completion"] for g in sample_with(engine, self.tokenizer, rows, s, context,
+                                                                   prompt_ids=ids, generator=self.generator)}
+        out: list[Verdict] = []
+        for i in range(len(rows)):
+            if i not in got:  # sample_with skipped it: it does not fit the context
+                out.append(Verdict(None, f"{UNJUDGED}: the judge prompt of {len(ids[i])} tokens does not fit the "
+                                         f"context of {context} with {self.max_new_tokens} new tokens"))
+                self.counts["unjudged"] += 1
+                continue
+            v = parse_verdict(got[i])
+            out.append(v)
+            self.counts["malformed" if v.correct is None else ("correct" if v.correct else "incorrect")] += 1
+        return out
