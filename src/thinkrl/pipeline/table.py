@@ -96,3 +96,32 @@ def write_table(s: dict, out: Path) -> dict:
     (out / "table.json").write_text(json.dumps({"rows": dict(rows), "compute": compute}, indent=1))
     print("\n" + text)
     return {"outputs": {"table": str(out / "table.md"), "json": str(out / "table.json")}}
+
+
+def table_cells(text: str) -> dict[tuple[str, str], str]:
+    """The cells of a written table.md, {(row, column): text}, and its compute lines as
+    ("compute: LABEL", item); timings (`seconds`) are left out, as they differ run to run."""
+    cells: dict[tuple[str, str], str] = {}
+    head, compute = None, False
+    for line in text.splitlines():
+        compute = compute or line.startswith("Compute of")
+        if line.startswith("|") and not line.startswith("|---"):
+            parts = [p.strip() for p in line.strip().strip("|").split("|")]
+            if head is None:
+                head = parts
+            else:
+                cells.update({(parts[0], col): cell for col, cell in zip(head[1:], parts[1:])})
+        elif compute and line.startswith("- ") and ": " in line:  # "- LABEL: seconds 4.3, samples 32, kept 12"
+            label, items = line[2:].split(": ", 1)
+            for item in items.split(", "):
+                name, _, value = item.partition(" ")
+                if name != "seconds":
+                    cells[(f"compute: {label}", name)] = value
+    return cells
+
+
+def table_differences(a: str, b: str) -> list[dict]:
+    """The cells where two table.md texts differ: [{row, column, a, b}] (None where one lacks it)."""
+    ca, cb = table_cells(a), table_cells(b)
+    return [{"row": r, "column": c, "a": ca.get((r, c)), "b": cb.get((r, c))}
+            for r, c in sorted(set(ca) | set(cb)) if ca.get((r, c)) != cb.get((r, c))]
