@@ -142,7 +142,7 @@ def table(root: Path) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--out", required=True, help="directory for the killed run (OUT/killed) and, unless --reference, "
                                                  "the run straight through (OUT/reference)")
     ap.add_argument("--reference", help="a finished pipeline root of the same config to compare with")
