@@ -7,6 +7,8 @@ import math
 import re
 from pathlib import Path
 
+from .rundir import write_text_atomic
+
 REFLECTION_WORDS = ("wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check")
 _REFLECTION_RE = re.compile(r"\b(" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
 
@@ -61,7 +63,7 @@ class MetricsWriter:
     def truncate_after(self, step: int) -> None:
         """On resume: forget lines written after the checkpoint the run continues from."""
         keep = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))  # a kill leaves old or new
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:

@@ -78,8 +78,8 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -
     t0 = time.time()
     prompts, held = load_prompts(cfg.data, cfg.eval.size)
     data_path, filter_path = out / "distill.jsonl", out / "filter.json"
-    if resume and data_path.exists() and filter_path.exists():  # the samples of the interrupted run
-        counts = json.loads(filter_path.read_text())
+    counts = _read_counts(filter_path) if resume and data_path.exists() else None
+    if counts is not None:  # the samples of the interrupted run (both files are written whole, or not at all)
         log.info("distill: resuming with the %d samples of %s", counts["kept"], data_path)
     else:
         student_tok = load_tokenizer(cfg.student.tokenizer or cfg.student.path)  # a wrong path fails before sampling
@@ -89,12 +89,12 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -
         if not kept:
             raise DataError(f"no sample survived the filter (dropped by reason: {dropped}); sample more (sample.n), "
                             "loosen filter.format, or check the teacher and the answers")
-        data_path.write_text("".join(json.dumps(distill_row(s)) + "\n" for s in kept))
+        write_text_atomic(data_path, "".join(json.dumps(distill_row(s)) + "\n" for s in kept))
         counts = {"samples": len(samples), "kept": len(kept), "dropped": dropped,
                   "prompts_with_a_kept_sample": len({s["prompt_id"] for s in kept}),
                   "samples_checked_for_correctness": sum("answer" in s for s in samples) if cfg.filter.correct else 0,
                   "sample_seconds": round(time.time() - t0, 1)}
-        filter_path.write_text(json.dumps(counts, indent=2))
+        write_text_atomic(filter_path, json.dumps(counts, indent=2))  # last: it marks the samples complete
 
     before = evaluate_path(cfg.student.path, cfg.student.tokenizer, held, cfg)
     sft_result = run_sft(sft_config(cfg, data_path), out / "sft", resume=resume)
@@ -114,6 +114,14 @@ def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _read_counts(path: Path) -> dict | None:
+    """The filter counts of an earlier run's samples; None where there are none to resume from."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def command(args, out: Path, config: str | None) -> int:
