@@ -11,7 +11,6 @@ import torch
 from thinkrl.cli import main
 from thinkrl.config import ConfigError, load_config
 from thinkrl.data import DataError, load_jsonl
-from thinkrl.pipeline.run import main as pipeline_main
 
 
 def refused(capsys, code: int, expect: str = "", one_line: bool = False) -> str:
@@ -96,8 +95,8 @@ def test_overrides_are_accepted_among_the_flags(tmp_path, capsys):
 
 
 def test_the_pipeline_validates_every_stage_before_running_or_planning(tmp_path, capsys):
-    refused(capsys, pipeline_main(["--plan", "zero.train.steps=abc"]), "stage 'zero' (grpo)")
-    err = refused(capsys, pipeline_main(["--out", str(tmp_path / "p"), "student_rl.train.stepz=3",
+    refused(capsys, main(["pipeline", "--plan", "zero.train.steps=abc"]), "stage 'zero' (grpo)")
+    err = refused(capsys, main(["pipeline", "--out", str(tmp_path / "p"), "student_rl.train.stepz=3",
                                          "distill.sft.optim.lr=.inf"]), "nothing was run")
     assert "stage 'student_rl' (grpo): unknown config key 'train.stepz'" in err and "stage 'distill'" in err
     assert not (tmp_path / "p" / "stages").exists()

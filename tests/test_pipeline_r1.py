@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from thinkrl.pipeline.graph import PipelineError
-from thinkrl.pipeline.run import build, default_stages, load_stages, main, stages_to_yaml
+from thinkrl.pipeline.run import build, default_stages, load_stages, stages_to_yaml
+from thinkrl.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,12 +57,25 @@ def test_mistakes_fail_at_start(tmp_path, capsys):
     bad.write_text("stages:\n  a: {kind: grpo, setings: {}}\n")
     with pytest.raises(PipelineError, match="must have `kind:`"):
         load_stages(str(bad), [])
-    assert main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert cli_main(["pipeline", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "must have" in capsys.readouterr().err
 
 
 def test_plan_prints_and_runs_nothing(tmp_path, capsys):
-    assert main(["--plan", "--out", str(tmp_path / "r1")]) == 0
+    assert cli_main(["pipeline", "--plan", "--out", str(tmp_path / "r1")]) == 0
     out = capsys.readouterr().out
     assert "23 stages" in out and "all_rl" in out
     assert not (tmp_path / "r1" / "stages").exists()
+
+
+def test_overwrite_empties_a_pipeline_root_and_nothing_else(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not the pipeline's")
+    assert cli_main(["pipeline", "--plan", "--overwrite", "--out", str(mine)]) == 2
+    assert (mine / "notes.txt").read_text() == "not the pipeline's"
+    root = tmp_path / "r1"
+    (root / "zero-0123abcd").mkdir(parents=True)
+    (root / "stages.json").write_text("{}")
+    assert cli_main(["pipeline", "--plan", "--overwrite", "--out", str(root)]) == 0
+    assert not (root / "zero-0123abcd").exists()

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from thinkrl.pipeline.run import main
+from thinkrl.cli import main as cli_main
 
 SMALL = {
     "general": {"kind": "general", "settings": {"seed": 0}},
@@ -38,7 +38,7 @@ def ran(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
     cfg = root / "small.yaml"
     cfg.write_text(yaml.safe_dump({"stages": SMALL}))
-    assert main(["--config", str(cfg), "--out", str(root / "run")]) == 0
+    assert cli_main(["pipeline", "--config", str(cfg), "--out", str(root / "run")]) == 0
     return root, cfg
 
 
@@ -57,10 +57,10 @@ def test_every_stage_finishes_and_the_table_is_written(ran):
 def test_a_second_run_does_nothing_and_a_change_reruns_downstream(ran, capsys):
     root, cfg = ran
     capsys.readouterr()
-    assert main(["--config", str(cfg), "--out", str(root / "run")]) == 0
+    assert cli_main(["pipeline", "--config", str(cfg), "--out", str(root / "run")]) == 0
     out = capsys.readouterr().out
     assert "done in" not in out.split("stages under")[1].split("thinkrl pipeline: done")[0]  # no stage ran
-    assert main(["--config", str(cfg), "--out", str(root / "run"), "--plan", "eval_sft.samples=3"]) == 0
+    assert cli_main(["pipeline", "--config", str(cfg), "--out", str(root / "run"), "--plan", "eval_sft.samples=3"]) == 0
     plan = {line.split()[0]: line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]}
     assert plan["eval_sft"] == "run" and plan["report"] == "run"
     assert all(plan[n] == "cached" for n in ("general", "zero", "coldstart", "sft_coldstart", "rm_helpful", "eval_zero"))

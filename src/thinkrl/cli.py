@@ -39,6 +39,8 @@ class Flag:
     key: str | None = None
     value: str | None = None
     type: type = str
+    action: str | None = None  # a plain option's argparse action ("append", "store_true")
+    default: object = None
 
 
 @dataclass(frozen=True)
@@ -84,15 +86,21 @@ COMMANDS: dict[str, Command] = {
         (Flag("--checkpoint", "the stage-2 model: a run or checkpoint directory, a model", key="checkpoint"),
          Flag("--prompts", "'embedded' or a JSONL of question/answer rows", key="prompts.data")), progress="",
         config_help="defaults: the embedded model and task, rule judging"),
-    "pipeline": Command("the four-stage R1 pipeline and distillation, as a cached, resumable graph",
-                        ".pipeline.run:main", progress="", claims=False),
+    "pipeline": Command(
+        "the four-stage R1 pipeline and distillation, as a cached, resumable graph", ".pipeline.run:command",
+        (Flag("--only", "run only this stage and its inputs (repeatable)", action="append", default=[]),
+         Flag("--plan", "print what would run and what is cached, then stop", action="store_true"),
+         Flag("--threads", "CPU threads for torch (default 1: the tiny models gain little from a second thread and "
+              "lose 10-20x when another process competes for the cores; 0 = torch's default)", type=int, default=1)),
+        progress="", claims=False, config_help="`stages:`; default the R1 pipeline on the embedded model "
+        "(configs/r1.yaml); --out is the stage cache, default runs/r1; overrides are STAGE.key=value"),
 }
 # tools on files and runs: their own flags (below), no run directory
 TOOLS = {"score": "score a JSONL file of completions with named rewards, with reasons",
          "eval": "evaluate a model by the R1 protocol: K samples per question",
          "analyze": "the paper's analyses of a run: length, reflective words, accuracy",
          "build-tiny": "rebuild the embedded tiny model, tokenizer and task data"}
-LEGACY = {"pipeline", "sft", "rm"}  # for now these parse their own arguments (their module's `main`)
+LEGACY = {"sft", "rm"}  # for now these parse their own arguments (their module's `main`)
 
 
 def _parser(name: str, cmd: Command) -> argparse.ArgumentParser:
@@ -106,8 +114,10 @@ def _parser(name: str, cmd: Command) -> argparse.ArgumentParser:
     for f in cmd.flags:
         if f.value is not None:
             p.add_argument(f.name, action="store_true", help=f.help)
+        elif f.action:
+            p.add_argument(f.name, action=f.action, default=f.default, help=f.help)
         else:
-            p.add_argument(f.name, type=f.type, help=f.help)
+            p.add_argument(f.name, type=f.type, default=f.default, help=f.help)
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=1e-5")
     return p
 

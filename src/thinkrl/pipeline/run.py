@@ -17,9 +17,10 @@ evaluated the same way at the end:
 
 from __future__ import annotations
 
-import argparse
 import copy
+import fcntl
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -175,24 +176,24 @@ def check_stages(stages: list[Stage]) -> None:
                             + " invalid; nothing was run:\n  " + "\n  ".join(errors))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="thinkrl pipeline", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    ap.add_argument("--config", help="YAML with `stages:` (default: the R1 pipeline on the embedded model)")
-    ap.add_argument("--out", default="runs/r1", help="pipeline root: stage outputs are cached under it (default runs/r1)")
-    ap.add_argument("--only", action="append", default=[], help="run only this stage and its inputs (repeatable)")
-    ap.add_argument("--plan", action="store_true", help="print what would run and what is cached, then stop")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for torch (default 1: the tiny models gain little from a second thread and lose "
-                         "10-20x when another process competes for the cores; 0 = torch's default)")
-    ap.add_argument("overrides", nargs="*", help="STAGE.key=value, e.g. zero.train.steps=50")
-    args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
+def command(args, out: Path | None, config: str | None) -> int:
+    """`thinkrl pipeline` (thinkrl.cli parses the arguments). The root (`--out`, default runs/r1)
+    is a cache: a run always continues what an earlier one finished, so `--resume` is what it
+    does anyway; `--overwrite` empties the root first."""
+    out = out or Path("runs/r1")
+    args.out = str(out)
+    if args.overwrite:
+        refused = _empty_root(out)
+        if refused:
+            print(f"thinkrl pipeline: {refused}", file=sys.stderr)
+            return 2
     if args.threads:
-        import torch
+        import torch  # deferred: --plan and --help need no torch
 
         torch.set_num_threads(args.threads)
+    args.config = config
     try:
-        graph = build(args.config, args.overrides, args.out)
+        graph = build(config, args.overrides, out)
         plan = graph.plan(args.only or None)
     except PipelineError as e:
         print(f"thinkrl pipeline: {e}", file=sys.stderr)
@@ -234,6 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="thinkrl: %(message)s")
-    sys.exit(main())
+
+def _empty_root(root: Path) -> str | None:
+    """--overwrite: delete a pipeline root's stages (why not, or None). Never a directory the
+    pipeline did not make, nor one another pipeline is running in."""
+    if not root.exists():
+        return None
+    if any(root.iterdir()) and not ((root / "stages.json").exists() or (root / ".lock").exists()):
+        return f"--overwrite: {root} is not a thinkrl pipeline root (no stages.json); nothing was deleted"
+    with open(root / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"--overwrite: another pipeline is running in {root}; nothing was deleted"
+        for p in root.iterdir():
+            if p.name != ".lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
