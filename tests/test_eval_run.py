@@ -174,6 +174,7 @@ class ScriptedEngine:
             texts += self.script[key]
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         return Rollouts(prompt_ids=[p for p in prompt_ids for _ in range(params.n)], completion_ids=ids,
+                        group_ids=[g for g in range(len(prompt_ids)) for _ in range(params.n)],
                         logprobs=[[0.0] * len(i) for i in ids], texts=texts, finish_reasons=["stop"] * len(texts))
 
     def sync_weights(self, model):

@@ -106,7 +106,7 @@ def test_top_k_and_top_p_restrict_the_support():
 def test_shared_prompt_forward_equals_plain_forward_in_value_and_gradient(engine):
     p = prompts(engine)
     out = engine.generate(p, SamplingParams(n=3, max_new_tokens=9), generator=torch.Generator().manual_seed(4))
-    batch = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu")
+    batch = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu", out.group_ids)
     model = engine.model
     grads = []
     for share in (False, True):
@@ -121,3 +121,37 @@ def test_shared_prompt_forward_equals_plain_forward_in_value_and_gradient(engine
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5), name
     model.zero_grad(set_to_none=True)
+
+
+def test_rollouts_name_the_group_of_every_completion(engine):
+    p = prompts(engine)
+    out = engine.generate(p, SamplingParams(n=3, max_new_tokens=4), generator=torch.Generator().manual_seed(0))
+    assert out.group_ids == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert all(out.prompt_ids[i] == p[g] for i, g in enumerate(out.group_ids))
+
+
+def test_the_shared_prompt_forward_runs_one_prompt_per_group(engine):
+    """Groups come from the engine, not from comparing prompts: two groups of one question
+    stay two, each group's prompt is run once, and the values are the plain forward's."""
+    p = prompts(engine)
+    same = [p[0], p[1], p[0]]  # one question drawn twice in a step
+    out = engine.generate(same, SamplingParams(n=2, max_new_tokens=6), generator=torch.Generator().manual_seed(2))
+    model, rows = engine.model, []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            grouped = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu", out.group_ids)
+            shared = completion_logprobs(model, grouped)
+            assert rows == [3, 6]  # the three groups' prompts, then the six completions
+            plain = completion_logprobs(model, SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id,
+                                                                   "cpu"))
+            assert rows[2:] == [6]  # no group ids: the plain forward
+            sub = grouped.slice(slice(1, 4))  # a micro-batch cuts groups: ids 0, 1, 1
+            completion_logprobs(model, sub)
+            assert rows[3:] == [2, 3]
+    finally:
+        hook.remove()
+    m = grouped.completion_mask
+    assert torch.allclose(shared[m], plain[m], atol=1e-5)
+    with pytest.raises(ValueError, match="different prompts"):
+        SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu", [0] * len(out))

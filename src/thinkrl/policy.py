@@ -116,16 +116,23 @@ class SequenceBatch:
     completion_ids: torch.Tensor  # [N, C]
     completion_mask: torch.Tensor  # [N, C] bool
     prompt_len: int  # P
+    group_ids: torch.Tensor | None = None  # [N]: rows of one group share their prompt (`Rollouts.group_ids`)
 
     def __len__(self):
         return self.input_ids.shape[0]
 
     def slice(self, s: slice) -> "SequenceBatch":
+        groups = None if self.group_ids is None else self.group_ids[s]
         return SequenceBatch(self.input_ids[s], self.attention_mask[s], self.completion_ids[s],
-                             self.completion_mask[s], self.prompt_len)
+                             self.completion_mask[s], self.prompt_len, groups)
 
     @classmethod
-    def build(cls, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device) -> "SequenceBatch":
+    def build(cls, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int, device,
+              group_ids: list[int] | None = None) -> "SequenceBatch":
+        if group_ids is not None:
+            first: dict[int, list[int]] = {}
+            if any(first.setdefault(g, p) != p for g, p in zip(group_ids, prompt_ids)):
+                raise ValueError("group_ids put completions of different prompts in one group")
         N = len(prompt_ids)
         P = max(len(p) for p in prompt_ids)
         C = max(1, max(len(c) for c in completion_ids))
@@ -136,7 +143,8 @@ class SequenceBatch:
             ids[i, P: P + len(c)] = torch.tensor(c, dtype=torch.long)
             attn[i, P - len(p): P + len(c)] = 1
         comp_mask = attn[:, P:].bool()
-        return cls(ids.to(device), attn.to(device), ids[:, P:].to(device), comp_mask.to(device), P)
+        groups = None if group_ids is None else torch.tensor(group_ids, dtype=torch.long, device=device)
+        return cls(ids.to(device), attn.to(device), ids[:, P:].to(device), comp_mask.to(device), P, groups)
 
 
 def cache_kwarg(model) -> str:
@@ -167,17 +175,18 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
     values and are masked by the caller). Logits are divided by the sampling temperature, so
     these are log-probs of the distribution the rollout engine sampled from.
 
-    share_prompts: the G samples of a group share their prompt, so each distinct prompt is
-    run once and its KV cache (gradient included) serves every completion of it. With the
-    long R1-Zero template that removes most of the tokens of the forward and backward pass;
-    the values and gradients are those of the plain forward (tested).
+    share_prompts: the G samples of a group share their prompt, so with `batch.group_ids` each
+    group's prompt is run once and its KV cache (gradient included) serves every completion of
+    it. With the long R1-Zero template that removes most of the tokens of the forward and
+    backward pass; the values and gradients are those of the plain forward (tested). A batch
+    without group ids runs the plain forward.
     """
     C = batch.completion_ids.shape[1]
+    share_prompts = share_prompts and batch.group_ids is not None
     if share_prompts:
-        prompts = torch.cat([batch.input_ids[:, : batch.prompt_len], batch.attention_mask[:, : batch.prompt_len]], 1)
-        unique, inverse = torch.unique(prompts, dim=0, return_inverse=True)
-        if len(unique) < len(batch):
-            logits = _shared_prompt_logits(model, batch, inverse, len(unique))
+        groups, inverse = torch.unique(batch.group_ids, return_inverse=True)  # numbered 0..k-1 in this batch
+        if len(groups) < len(batch):
+            logits = _shared_prompt_logits(model, batch, inverse, len(groups))
         else:
             share_prompts = False
     if not share_prompts:

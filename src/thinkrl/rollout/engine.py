@@ -28,6 +28,7 @@ class Rollouts:
     """
 
     prompt_ids: list[list[int]]  # one per completion
+    group_ids: list[int]  # the index of the prompt (in the call) each completion was sampled for
     completion_ids: list[list[int]]
     logprobs: list[list[float]]
     texts: list[str]

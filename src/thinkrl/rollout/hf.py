@@ -138,6 +138,7 @@ class HFEngine:
         comp = [out_tok[i, : lengths[i]].tolist() for i in range(N)]
         return Rollouts(
             prompt_ids=[list(prompt_ids[i // n]) for i in range(N)],
+            group_ids=[i // n for i in range(N)],
             completion_ids=comp,
             logprobs=[out_lp[i, : lengths[i]].tolist() for i in range(N)],
             texts=self.tokenizer.batch_decode(comp, skip_special_tokens=True),

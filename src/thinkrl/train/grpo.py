@@ -32,7 +32,6 @@ summary and the report, and shows progress; the others wait for it.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 
@@ -42,14 +41,14 @@ from .. import distributed
 from ..config import Config, validate_world
 from ..data import PromptSampler, load_dataset
 from ..evaluation.heldout import evaluate
-from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
-from ..metrics import MetricsWriter, by_level, has_reflection, mean
-from ..rundir import write_text_atomic
+from .context import gives_threads_back, setup
+from .loop import lr_factor, nonfinite_cause
+from ..metrics import by_level, has_reflection, mean
 from ..objective import Normaliser, group_advantages, grpo_loss
 from ..policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
 from ..rewards.combine import TypedRewards, WeightedRewards
 from ..rollout import SamplingParams, make_engine
-from .grpo_state import NoMetrics, RunState
+from .grpo_state import GRPORun
 from ..template import render
 
 log = logging.getLogger("thinkrl")
@@ -61,16 +60,15 @@ def lr_lambda(cfg: Config):
     return lambda i: lr_factor(i, total, o.warmup_steps, o.schedule)
 
 
-class GRPOTrainer(RunState):
-    """GRPO on one process or many; the checkpoints, resume and summary are `RunState`'s."""
+class GRPOTrainer(GRPORun):
+    """GRPO on one process or many; the run's life (checkpoints, resume, stop, summary) is
+    `context.TrainingRun`'s, GRPO's own part of it `grpo_state.GRPORun`'s."""
 
+    @setup
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        t = cfg.train
-        self.threads_before = set_threads(t.threads)  # given back when run() ends
-        random.seed(t.seed)
-        torch.manual_seed(t.seed)
+        self.cfg, t = cfg, cfg.train
+        self.begin(run_dir, t.seed, t.threads, t.max_bad_steps, on_checkpoint_error=t.on_checkpoint_error,
+                   checkpoint_error_setting="train.on_checkpoint_error")
         # under torchrun: join the process group (one process: nothing changes)
         self.device = distributed.init(resolve_device(cfg.model.device))
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -102,16 +100,9 @@ class GRPOTrainer(RunState):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.sampler = PromptSampler(len(self.train_rows), t.seed)
         self.generator = torch.Generator().manual_seed(t.seed + self.rank * 1_000_003)  # rank 0: as one process
-        self.step = 0
-        self.wall_before = 0.0  # seconds spent by earlier segments of a resumed run
-        self.bad = BadSteps(t.max_bad_steps)  # consecutive skipped steps and why the last was skipped
-        if self.is_main:
-            self.metrics = MetricsWriter(self.run_dir, cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
-        else:
-            self.metrics = NoMetrics()
-        self.resumed_from = self._resume() if resume else None
-        if self.is_main:  # only once the run could start (or continue): a failed --resume changes nothing
-            write_text_atomic(self.run_dir / "config.yaml", cfg.to_yaml())
+        self.track(self.policy, self.tokenizer, self.optimizer, self.scheduler, self.sampler, self.generator,
+                   keep=t.keep_checkpoints)
+        self.open(resume, cfg.to_yaml(), cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
 
     # ------------------------------------------------------------------ data
     def _prepare(self, rows: list[dict], split: str):
@@ -179,7 +170,7 @@ class GRPOTrainer(RunState):
             timing["logprobs"] = timing["update"] = 0.0
             stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         else:
-            stats = self.update(rollouts.prompt_ids, rollouts.completion_ids, advantages, timing, prof)
+            stats = self.update(rollouts.prompt_ids, rollouts.completion_ids, advantages, timing, prof, rollouts.group_ids)
             skip_cause = stats["skip_cause"]
         self.step += 1
         self.bad.record(skip_cause)
@@ -232,7 +223,7 @@ class GRPOTrainer(RunState):
         return {k: [x for part in parts for x in part[k]] for k in lists}
 
     def update(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], advantages: torch.Tensor,
-               timing: dict | None = None, prof: dict | None = None) -> dict:
+               timing: dict | None = None, prof: dict | None = None, group_ids: list[int] | None = None) -> dict:
         """μ optimizer steps on the GRPO loss over this process's samples of the step (all of
         them on one process), each over all samples in micro-batches with gradient accumulation.
 
@@ -271,7 +262,7 @@ class GRPOTrainer(RunState):
         batch = None
         if len(keep):
             batch = SequenceBatch.build([prompt_ids[i] for i in keep], [completion_ids[i] for i in keep],
-                                        self.pad_id, self.device)
+                                        self.pad_id, self.device, group_ids and [group_ids[i] for i in keep])
         adv = advantages[keep].to(self.device)
         old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 and batch else None  # μ = 1: π_old = π_θ
         self._sync()
@@ -338,53 +329,19 @@ class GRPOTrainer(RunState):
         distributed.barrier()
         return out
 
+    @gives_threads_back
     def run(self) -> dict:
-        from ..progress import Progress
+        t = self.cfg.train
+        error = self.drive(self._logged_step, t.steps, t.save_every, first=lambda: {"step": 0, **self.evaluate()},
+                           show=self.cfg.log.progress)
+        return self.write_summary(self.interrupted, error)
 
-        cfg = self.cfg
-        self.t_start = time.time()
-        if self.step == 0:
-            row = {"step": 0, **self.evaluate()}
-            self.metrics.write(row)
-        progress = Progress(cfg.train.steps, self.step, enabled=cfg.log.progress and self.is_main)
-        stop = StopRequest(announce=self.is_main)
-        ckpt_seconds, error, stopping = None, None, False
-        try:
-            while self.step < cfg.train.steps and not stopping:
-                m = self.train_step()
-                last = self.step == cfg.train.steps
-                if last or (cfg.eval.every and self.step % cfg.eval.every == 0):
-                    m.update(self.evaluate())
-                m["time"] = self.wall_before + time.time() - self.t_start
-                if ckpt_seconds is not None:  # the checkpoint written after the previous step
-                    m["timing/checkpoint"], ckpt_seconds = ckpt_seconds, None
-                # the metrics line goes first: a checkpoint never exists without its step's line
-                try:
-                    self.metrics.write(m)
-                except OSError as e:  # a full disk: stop here; the newest checkpoint stays the way back
-                    error = (f"stopped: could not write metrics.jsonl at step {self.step} ({e}); free space and "
-                             f"continue with --resume from {self._newest_checkpoint()}")
-                    break
-                progress.update(m)
-                stopping = distributed.any_true(stop.requested is not None)  # every process stops at the same step
-                if self.bad.exhausted:
-                    error = self._bad_steps_message()
-                    break
-                if last or stopping or (cfg.train.save_every and self.step % cfg.train.save_every == 0):
-                    t = time.perf_counter()
-                    error = self._checkpoint()
-                    ckpt_seconds = time.perf_counter() - t
-                    if error:
-                        break
-        finally:
-            stop.restore()
-            torch.set_num_threads(self.threads_before)
-        interrupted = error is not None or (stopping and self.step < cfg.train.steps)
-        progress.close()
-        if error and self.is_main:
-            log.error("%s", error)
-        elif interrupted and self.is_main:
-            print(f"\nstopped at step {self.step} ({stop.requested or 'stop requested'}); checkpoint written; "
-                  f"continue with --resume")
-        self.metrics.close()
-        return self.write_summary(interrupted, error)
+    def _logged_step(self) -> tuple[dict, dict]:
+        """One step, its evaluation when due, its wall time: the metrics line (shown as it is)."""
+        m = self.train_step()
+        if self.step == self.cfg.train.steps or (self.cfg.eval.every and self.step % self.cfg.eval.every == 0):
+            m.update(self.evaluate())
+        m["time"] = self.wall()
+        if self.checkpoint_seconds is not None:  # the checkpoint written after the previous step
+            m["timing/checkpoint"], self.checkpoint_seconds = self.checkpoint_seconds, None
+        return m, m

@@ -89,15 +89,17 @@ def nonfinite_cause(loss: float, grad_norm: float) -> str:
 
 
 class BadSteps:
-    """The one NaN/inf policy of every training loop (GRPO, SFT, reward models). A step whose
-    loss, gradient (or, in GRPO, reward) is not finite is skipped: the gradients are zeroed, no
-    optimizer step is taken, and the learning-rate schedule advances as for a taken step (it
-    counts the steps the run meant to take). `record` each step's cause ("" for a taken step);
-    once `exhausted` (`limit` skipped in a row) the run stops with `message`: the cause of the
-    last one and the likely fix. `lr` and `clip` name the run's own settings."""
+    """The one NaN/inf policy of every training loop (GRPO, SFT, reward models, on-policy
+    distillation). A step whose loss, gradient (or, in GRPO, reward) is not finite is skipped:
+    the gradients are zeroed, no optimizer step is taken, and the learning-rate schedule
+    advances as for a taken step (it counts the steps the run meant to take). `record` each
+    step's cause ("" for a taken step); once `exhausted` (`limit` skipped in a row) the run
+    stops with `message`: the cause of the last one and the likely fix. `lr`, `clip` and
+    `setting` (the limit's) name the run's own settings."""
 
-    def __init__(self, limit: int, lr: str = "optim.lr", clip: str = "optim.max_grad_norm"):
-        self.limit, self.lr, self.clip = limit, lr, clip
+    def __init__(self, limit: int, lr: str = "optim.lr", clip: str = "optim.max_grad_norm",
+                 setting: str = "train.max_bad_steps"):
+        self.limit, self.lr, self.clip, self.setting = limit, lr, clip, setting
         self.count, self.cause = 0, ""  # consecutive skipped steps; why the last one was skipped
 
     def record(self, cause: str) -> None:
@@ -114,5 +116,5 @@ class BadSteps:
                 else f"the learning rate may be too high ({self.lr}), or the data or model produce overflow; "
                      f"try a lower {self.lr} or {self.clip}")
         kept = f"the newest checkpoint is {newest}" if newest is not None else "nothing was saved"
-        return (f"stopped: {self.count} consecutive steps were skipped (train.max_bad_steps={self.limit}); the last "
+        return (f"stopped: {self.count} consecutive steps were skipped ({self.setting}={self.limit}); the last "
                 f"because {self.cause}. Likely cause: {hint}. The model was not updated by the skipped steps; {kept}")
