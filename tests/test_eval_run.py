@@ -80,8 +80,8 @@ def test_eval_on_gsm8k_and_math500_slices_counts_what_does_not_fit(tmp_path, cap
 
 
 def test_eval_refuses_bad_arguments(tmp_path, capsys):
-    assert main(["eval", "--model", "embedded", "--benchmark", "embedded", "--samples", "0", "--out", str(tmp_path)]) == 2
-    assert main(["eval", "--model", "embedded", "--benchmark", "nosuch", "--out", str(tmp_path)]) == 2
+    assert main(["eval", "--model", "embedded", "--benchmark", "embedded", "--samples", "0", "--out", str(tmp_path / "a")]) == 2
+    assert main(["eval", "--model", "embedded", "--benchmark", "nosuch", "--out", str(tmp_path / "b")]) == 2
     assert "nosuch" in capsys.readouterr().err
 
 

@@ -149,7 +149,7 @@ def test_score_refuses_to_write_over_its_input(tmp_path, capsys, monkeypatch, ho
 
 def test_eval_refuses_a_completion_budget_below_one(tmp_path, capsys):
     refused(capsys, main(["eval", "--model", "embedded", "--benchmark", "embedded", "--samples", "1",
-                          "--limit", "2", "--max-new-tokens", "0", "--out", str(tmp_path / "e")]), "--max-new-tokens")
+                          "--limit", "2", "--max-new-tokens", "0", "--out", str(tmp_path / "e")]), "max_new_tokens")
     assert not (tmp_path / "e" / "results.json").exists()
 
 

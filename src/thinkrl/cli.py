@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, describe, load_config
+from .config import ConfigError, describe, load_config, load_into, parse_overrides, to_yaml
+from .data import DataError
+from .rundir import RunDirError, claim, latest_run, run_claimed, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,23 @@ COMMANDS: dict[str, Command] = {
         (Flag("--checkpoint", "the stage-2 model: a run or checkpoint directory, a model", key="checkpoint"),
          Flag("--prompts", "'embedded' or a JSONL of question/answer rows", key="prompts.data")), progress="",
         config_help="defaults: the embedded model and task, rule judging"),
+    "eval": Command(
+        "evaluate a model by the R1 protocol: K samples per question", ".cli:_eval",
+        (Flag("--model", "local directory, hub id, or 'embedded'", key="model"),
+         Flag("--benchmark", "gsm8k, math500, humaneval, aime, embedded, aime:PATH, jsonl:PATH[?question=COL&answer=COL] "
+              "(repeatable or comma-separated)", key="benchmarks", action="append"),
+         Flag("--samples", "K samples per question (default 16)", key="eval.samples", type=int),
+         Flag("--limit", "at most this many questions per benchmark", key="eval.limit", type=int),
+         Flag("--temperature", "default 0.6", key="eval.temperature", type=float),
+         Flag("--top-p", "default 0.95", key="eval.top_p", type=float),
+         Flag("--max-new-tokens", "completion budget (default: min(512, half the context))", key="eval.max_new_tokens",
+              type=int),
+         Flag("--template", "r1_zero, chat, none, or a string with {prompt}", key="eval.template"),
+         Flag("--batch-size", "completions per generation call (default 64)", key="eval.batch_size", type=int),
+         Flag("--seed", "default 0", key="eval.seed", type=int),
+         Flag("--data-dir", "where the benchmark files are (default $THINKRL_DATA)", key="data_dir"),
+         Flag("--device", "auto, cpu, cuda", key="device")),
+        progress="progress", config_help="model, benchmarks, data_dir, device, progress, eval (the protocol)"),
     "pipeline": Command(
         "the four-stage R1 pipeline and distillation, as a cached, resumable graph", ".pipeline.run:command",
         (Flag("--only", "run only this stage and its inputs (repeatable)", action="append", default=[]),
@@ -97,7 +117,6 @@ COMMANDS: dict[str, Command] = {
 }
 # tools on files and runs: their own flags (below), no run directory
 TOOLS = {"score": "score a JSONL file of completions with named rewards, with reasons",
-         "eval": "evaluate a model by the R1 protocol: K samples per question",
          "analyze": "the paper's analyses of a run: length, reflective words, accuracy",
          "build-tiny": "rebuild the embedded tiny model, tokenizer and task data"}
 LEGACY = {"sft", "rm"}  # for now these parse their own arguments (their module's `main`)
@@ -131,6 +150,10 @@ def parse(name: str, argv: list[str]) -> argparse.Namespace:
     for f in cmd.flags:
         given = getattr(args, f.name.lstrip("-").replace("-", "_"))
         if f.key and given is not None and given is not False:
+            if f.action == "append":  # a list setting: every value given, commas splitting too
+                given = "[" + ", ".join(json.dumps(v.strip()) for g in given for v in g.split(",") if v.strip()) + "]"
+            elif f.type is str and f.value is None:  # a path stays a string, whatever YAML would make of it
+                given = json.dumps(given)
             overrides.append(f"{f.key}={f.value if f.value is not None else given}")
     if args.no_progress and cmd.progress:
         overrides.append(f"{cmd.progress}=false")
@@ -152,16 +175,11 @@ def run_command(name: str, argv: list[str]) -> int:
     body = _function(COMMANDS[name].run)
     if not COMMANDS[name].claims:
         return body(args, Path(args.out) if args.out else None, args.config)
-    from .rundir import run_claimed
-
     return run_claimed(name, args, body)  # the run directory is this run's alone, locked while it works
 
 
 def _grpo(args, out: Path | None, config_path: str | None) -> int:
     """`thinkrl zero` and `thinkrl train`: rank 0 claims the run directory, every process trains."""
-    from .data import DataError
-    from .rundir import RunDirError, claim, latest_run
-
     if args.command == "train" and config_path is None and not args.resume:
         print("thinkrl train: give --config FILE.yaml (or --resume --out DIR)", file=sys.stderr)
         return 2
@@ -178,7 +196,7 @@ def _grpo(args, out: Path | None, config_path: str | None) -> int:
         print(f"thinkrl: {e}", file=sys.stderr)
         return 2
 
-    from . import distributed
+    from . import distributed  # deferred, as the three below: they import torch
     from .policy import resolve_device
     from .train.grpo import GRPOTrainer
 
@@ -231,8 +249,7 @@ def _grpo(args, out: Path | None, config_path: str | None) -> int:
 
 
 def _score(args) -> int:
-    from .config import ConfigError, parse_overrides
-    from .rewards import get_reward
+    from .rewards import get_reward  # deferred, as below: math-verify, sympy
     from .evaluation.score import format_summary, score_file
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
@@ -264,29 +281,28 @@ def _score(args) -> int:
     return 0
 
 
-def _eval(args) -> int:
-    from .data import DataError
-    from .evaluation.run import EvalSettings, format_results, run_eval
+def _eval(args, out: Path, config: str | None) -> int:
+    from .evaluation.run import EvalRunConfig, eval_problems, format_results, run_eval  # deferred: torch
 
-    names = [b.strip() for arg in args.benchmark for b in arg.split(",") if b.strip()]
-    if args.samples < 1 or args.batch_size < 1 or any(v is not None and v < 1 for v in (args.limit, args.max_new_tokens)):
-        print("thinkrl eval: --samples, --limit, --max-new-tokens and --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    if not (args.temperature > 0 and 0 < args.top_p <= 1):
-        print("thinkrl eval: --temperature must be > 0 (the R1 protocol samples, never greedy) and --top-p in (0, 1]",
-              file=sys.stderr)
-        return 2
-    s = EvalSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
-                     max_new_tokens=args.max_new_tokens, template=args.template, seed=args.seed, limit=args.limit,
-                     batch_size=args.batch_size)
     try:
-        results = run_eval(args.model, names, args.out, s, data_dir=args.data_dir, device=args.device,
-                           show_progress=not args.no_progress)
+        cfg = load_into(EvalRunConfig(), config, args.overrides)
+    except (ConfigError, OSError) as e:
+        print(f"thinkrl eval: {e}", file=sys.stderr)
+        return 2
+    cfg.benchmarks = [b.strip() for arg in cfg.benchmarks for b in str(arg).split(",") if b.strip()]
+    problems = eval_problems(cfg)
+    if problems:
+        print("thinkrl eval: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        write_text_atomic(out / "config.yaml", to_yaml(cfg))  # --resume evaluates again with these settings
+        results = run_eval(cfg.model, cfg.benchmarks, out, cfg.eval, data_dir=cfg.data_dir, device=cfg.device,
+                           show_progress=cfg.progress)
     except (DataError, ValueError, OSError) as e:
         print(f"thinkrl eval: {e}", file=sys.stderr)
         return 2
     print(format_results(results))
-    print(f"thinkrl eval: wrote {Path(args.out) / 'results.json'} and samples.jsonl")
+    print(f"thinkrl eval: wrote {out / 'results.json'} and samples.jsonl")
     return 0
 
 
@@ -314,23 +330,6 @@ def _tool_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
     elif name == "analyze":
         p.add_argument("run_dir")
-    elif name == "eval":
-        p.add_argument("--model", required=True, help="local directory, hub id, or 'embedded'")
-        p.add_argument("--benchmark", action="append", required=True,
-                       help="gsm8k, math500, humaneval, aime, embedded, aime:PATH, jsonl:PATH[?question=COL&answer=COL]"
-                            " (repeatable or comma-separated)")
-        p.add_argument("--samples", type=int, default=16, help="K samples per question (default 16)")
-        p.add_argument("--out", required=True, help="directory for results.json and samples.jsonl")
-        p.add_argument("--limit", type=int, help="at most this many questions per benchmark")
-        p.add_argument("--temperature", type=float, default=0.6)
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--max-new-tokens", type=int, help="completion budget (default: min(512, half the context))")
-        p.add_argument("--template", default="r1_zero", help="r1_zero, chat, none, or a string with {prompt}")
-        p.add_argument("--batch-size", type=int, default=64, help="completions per generation call")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--data-dir", help="where the benchmark files are (default $THINKRL_DATA or ../shared/data)")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--no-progress", action="store_true")
     return p
 
 
@@ -349,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return build_main(argv[1:]) or 0
     if argv and argv[0] in TOOLS:
         args = _tool_parser(argv[0]).parse_args(argv[1:])
-        return {"score": _score, "eval": _eval, "analyze": _analyze}[argv[0]](args)
+        return _score(args) if argv[0] == "score" else _analyze(args)
     parser = argparse.ArgumentParser(prog="thinkrl", description="Reasoning through reinforcement learning (GRPO, "
                                      "DeepSeek-R1). `thinkrl COMMAND --help` for a command's options.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -201,3 +201,26 @@ def format_results(results: dict) -> str:
                      f"{pm(b['pass@k'][str(K)]):>12}  {b['mean_length']:>6.1f}"
                      + (f"  ({b['skipped_too_long']} too long, skipped)" if b["skipped_too_long"] else ""))
     return "\n".join(lines)
+
+
+@dataclass
+class EvalRunConfig:
+    """`thinkrl eval`'s settings (`--config`, `section.key=value`; the flags are shortcuts)."""
+    model: str = "embedded"  # a local directory, a hub id or "embedded"
+    benchmarks: list[str] = field(default_factory=lambda: ["embedded"])  # see evaluation.benchmarks
+    data_dir: str | None = None  # the benchmark files (default $THINKRL_DATA)
+    device: str = "auto"
+    progress: bool = True
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def eval_problems(cfg: EvalRunConfig) -> list[str]:
+    s = cfg.eval
+    errors = [f"eval.{k}={v} must be >= 1" for k, v in (("samples", s.samples), ("batch_size", s.batch_size),
+                                                           ("limit", s.limit), ("max_new_tokens", s.max_new_tokens))
+              if v is not None and v < 1]
+    if not (s.temperature > 0 and 0 < s.top_p <= 1):
+        errors.append("eval.temperature must be > 0 (the R1 protocol samples, never greedy) and eval.top_p in (0, 1]")
+    if not cfg.benchmarks:
+        errors.append("benchmarks is empty: name at least one (--benchmark embedded)")
+    return errors
