@@ -32,12 +32,8 @@ Two ways to spend less compute, both exact (tested against each sample run alone
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import random
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,9 +41,10 @@ import torch
 from .. import checkpoint as ckpt
 from ..config import ConfigError, to_yaml
 from ..data import DataError, PromptSampler
-from ..policy import autocast, load_model, load_tokenizer, resolve_device, save_pretrained
-from .loop import BadSteps, StopRequest, lr_factor, nonfinite_cause, set_threads
-from ..rundir import run_claimed, write_text_atomic
+from ..policy import autocast, load_model, load_tokenizer, resolve_device
+from .context import TrainingRun, gives_threads_back, setup
+from .loop import lr_factor, nonfinite_cause
+from ..rundir import run_claimed
 from .sft_config import SFTConfig, load_sft_config, validate_sft
 from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
@@ -62,14 +59,18 @@ __all__ = ["SFTConfig", "SFTTrainer", "batch_nll", "check_packing", "load_sft_co
 # ---------------------------------------------------------------------------- the run
 
 
-class SFTTrainer:
+class SFTTrainer(TrainingRun):
+    """SFT; the run's life (checkpoints, resume, stop, progress, final save) is `TrainingRun`'s."""
+
+    desc, final_name, sticky = "SFT", "final", ("eval/loss",)
+    live = (("loss", "step_loss", "{:.4f}"), ("lr", "lr", "{:.2e}"), ("eval", "eval/loss", "{:.4f}"))
+
+    @setup
     def __init__(self, cfg: SFTConfig, run_dir: str | Path, resume: bool = False):
         validate_sft(cfg)
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg = cfg
         d, t, o = cfg.data, cfg.train, cfg.optim
-        self.threads_before = set_threads(t.threads)  # given back when run() ends
-        random.seed(t.seed)
-        torch.manual_seed(t.seed)
+        self.begin(run_dir, t.seed, t.threads, t.max_bad_steps)
         self.device = resolve_device(cfg.model.device)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.model = load_model(cfg.model.path, self.device)
@@ -104,20 +105,10 @@ class SFTTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, self.total_steps, warmup, o.schedule))
         self.sampler = PromptSampler(len(self.train), t.seed)  # the seeded order of each epoch, resumable
-        self.step, self.tokens, self.wall_before = 0, 0, 0.0
-        self.bad = BadSteps(t.max_bad_steps)  # consecutive steps skipped for a NaN/inf loss or gradient
+        self.tokens = 0
         self.window = [0.0, 0]  # NLL sum and response tokens since the last metrics line
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        from ..metrics import MetricsWriter
-
-        self.metrics = MetricsWriter(self.run_dir)
-        if not resume and (self.run_dir / "metrics.jsonl").exists():
-            log.warning("%s holds an earlier run; starting afresh (use --resume to continue it)", self.run_dir)
-            self.metrics.truncate_after(-1)
-            for old in ("checkpoints", "final"):  # never resumed from, or mistaken for this run's, later
-                shutil.rmtree(self.run_dir / old, ignore_errors=True)
-        self.resumed_from = self._resume() if resume else None
-        write_text_atomic(self.run_dir / "config.yaml", to_yaml(cfg))  # after a resume that worked, not before
+        self.track(self.model, self.tokenizer, self.optimizer, self.scheduler, self.sampler, keep=t.keep_checkpoints)
+        self.open(resume, to_yaml(cfg))
 
     def _encode(self, rows, source):
         d = self.cfg.data
@@ -130,40 +121,12 @@ class SFTTrainer:
         return pad_batch(samples, pad, share_prefix=self.cfg.train.share_prefix).to(self.device)
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {"step": self.step, "epoch": self.sampler.epoch, "position": self.sampler.pos,
-                "sampler": self.sampler.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "tokens": self.tokens, "window": list(self.window),
-                "bad_steps": self.bad.count,
-                "wall_seconds": self.wall_before + time.time() - self.t_start,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    def extra_state(self) -> dict:
+        return {"epoch": self.sampler.epoch, "position": self.sampler.pos, "tokens": self.tokens,
+                "window": list(self.window)}
 
-    def _resume(self):
-        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
-        if found is None:
-            log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.run_dir / "checkpoints")
-            self.metrics.truncate_after(-1)
-            return None
-        ckpt.load_weights(self.model, found)
-        s = ckpt.load_trainer_state(found)
-        self.sampler.load_state_dict(s["sampler"])  # DataError if the training set changed size
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.scheduler.load_state_dict(s["scheduler"])
-        torch.set_rng_state(s["torch_rng"])
-        random.setstate(s["python_rng"])
-        if s.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(s["cuda_rng"])
-        self.step, self.tokens, self.window, self.wall_before = s["step"], s["tokens"], s["window"], s["wall_seconds"]
-        self.bad.count = s.get("bad_steps", 0)
-        self.metrics.truncate_after(self.step)
-        log.info("resumed from %s (step %d of %d)", found, self.step, self.total_steps)
-        return found
-
-    def save(self) -> Path:
-        t = self.cfg.train
-        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self.model, self.tokenizer,
-                                    self.state_dict(), keep=t.keep_checkpoints)
+    def load_extra_state(self, s: dict) -> None:
+        self.tokens, self.window = s["tokens"], s["window"]
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -213,68 +176,30 @@ class SFTTrainer:
         return nll / n
 
     # ------------------------------------------------------------------ the run
+    @gives_threads_back
     def run(self) -> dict:
-        from tqdm.auto import tqdm
-
-
         t = self.cfg.train
-        self.t_start = time.time()
-        if self.step == 0 and self.eval:
-            self.metrics.write({"step": 0, "epoch": 0.0, "eval/loss": self.eval_loss()})
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="SFT", unit="step", dynamic_ncols=True,
-                   file=sys.stderr, disable=not t.progress, mininterval=0.5)
-        stop, last_eval, error = StopRequest(), None, None
-        try:
-            while self.step < self.total_steps and stop.requested is None:
-                m = self.train_step()
-                done = self.step == self.total_steps
-                if done or (t.eval_every and self.step % t.eval_every == 0):
-                    m["eval/loss"] = last_eval = self.eval_loss()
-                if done or self.step % t.log_every == 0 or "eval/loss" in m or m["skipped"]:
-                    m["loss"] = self.window[0] / self.window[1] if self.window[1] else None  # token-weighted
-                    m["time"] = self.wall_before + time.time() - self.t_start
-                    m["tokens_per_s"] = self.tokens / max(m["time"], 1e-9)
-                    self.window = [0.0, 0]
-                    self.metrics.write({k: m[k] for k in ("step", "epoch", "loss", "lr", "tokens", "grad_norm",
-                                                          "tokens_per_s", "time", "eval/loss", "skipped") if k in m})
-                live = f"loss={m['step_loss']:.4f} lr={m['lr']:.2e}"
-                bar.set_postfix_str(live + (f" eval={last_eval:.4f}" if last_eval is not None else ""), refresh=False)
-                bar.update(1)
-                if self.bad.exhausted:  # the checkpoint of the last good step stays the newest
-                    error = self.bad.message(self._newest_checkpoint())
-                    break
-                if done or stop.requested or (t.save_every and self.step % t.save_every == 0):
-                    error = self._save_finite()
-                    if error:
-                        break
-        finally:
-            stop.restore()
-            torch.set_num_threads(self.threads_before)
-            bar.close()
-        if error:
-            log.error("%s", error)
-        interrupted = self.step < self.total_steps or error is not None
-        final = None if interrupted else self._write_final()
-        return self._summary(final, interrupted, error)
+        first = (lambda: {"step": 0, "epoch": 0.0, "eval/loss": self.eval_loss()}) if self.eval else None
+        error = self.drive(self._logged_step, self.total_steps, t.save_every, first=first, show=t.progress)
+        final = None if self.interrupted else self.save_final()
+        return self._summary(final, self.interrupted, error)
 
-    def _newest_checkpoint(self) -> str:
-        found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
-        return str(found) if found else "none (the run had not saved one yet)"
-
-    def _save_finite(self) -> str | None:
-        """Save, unless the weights hold NaN/inf: then the message that stops the run."""
-        bad = ckpt.nonfinite_parameters(self.model)
-        if not bad:
-            self.save()
-            return None
-        return (f"stopped: the weights hold NaN/inf after step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
-                f"their checkpoint was not written. The learning rate may be too high (optim.lr); the newest "
-                f"intact checkpoint is {self._newest_checkpoint()}")
-
-    def _write_final(self) -> Path:
-        """RUN/final: the model and tokenizer in Hugging Face format, written then renamed."""
-        save_pretrained(self.model, self.tokenizer, self.run_dir / "final")
-        return self.run_dir / "final"
+    def _logged_step(self) -> tuple[dict | None, dict]:
+        """One step and its evaluation when due; the metrics line every log_every steps, at an
+        evaluation, a skipped step and the end (with the token-weighted loss since the last)."""
+        t = self.cfg.train
+        m = self.train_step()
+        done = self.step == self.total_steps
+        if done or (t.eval_every and self.step % t.eval_every == 0):
+            m["eval/loss"] = self.eval_loss()
+        if not (done or self.step % t.log_every == 0 or "eval/loss" in m or m["skipped"]):
+            return None, m
+        m["loss"] = self.window[0] / self.window[1] if self.window[1] else None  # token-weighted
+        m["time"] = self.wall()
+        m["tokens_per_s"] = self.tokens / max(m["time"], 1e-9)
+        self.window = [0.0, 0]
+        keys = ("step", "epoch", "loss", "lr", "tokens", "grad_norm", "tokens_per_s", "time", "eval/loss", "skipped")
+        return {k: m[k] for k in keys if k in m}, m
 
     def _summary(self, final: Path | None, interrupted: bool, error: str | None = None) -> dict:
         from ..metrics import read_metrics
@@ -283,7 +208,7 @@ class SFTTrainer:
         train_rows = [r for r in rows if r.get("loss") is not None]
         tail = [r for r in train_rows if r["step"] > self.step - max(1, self.total_steps // 10)]
         evals = [r for r in rows if r.get("eval/loss") is not None]
-        seconds = self.wall_before + time.time() - self.t_start
+        seconds = self.wall()
         summary = {
             "final_dir": str(final) if final else None,
             "train_loss": sum(r["loss"] for r in tail) / len(tail) if tail else None,  # over the last 10% of steps
@@ -297,9 +222,7 @@ class SFTTrainer:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
             "last_checkpoint": str(ckpt.latest_checkpoint(self.run_dir / "checkpoints") or "") or None,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        self.metrics.close()
-        return summary
+        return self.save_summary(summary)
 
 
 def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict:
@@ -319,14 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.train=sft.jsonl optim.lr=1e-5")
     args = p.parse_intermixed_args(argv)
-    return run_claimed("sft", args, _sft_command)  # the run directory is this run's alone
+    return run_claimed("sft", args, command)  # the run directory is this run's alone
 
 
-def _sft_command(args, out: Path, config: str | None) -> int:
+def command(args, out: Path, config: str | None) -> int:
+    """`thinkrl sft` in a claimed run directory `out`, with settings from `config` and `args.overrides`."""
     try:
         cfg = load_sft_config(config, args.overrides)
         trainer = SFTTrainer(cfg, out, resume=args.resume)
-    except (ConfigError, DataError, OSError) as e:
+    except (ValueError, OSError) as e:  # ConfigError, DataError, a checkpoint that does not fit
         print(f"thinkrl sft: {e}", file=sys.stderr)
         return 2
     n_params = sum(q.numel() for q in trainer.model.parameters())
@@ -336,7 +260,7 @@ def _sft_command(args, out: Path, config: str | None) -> int:
           f"packing {'on, ' + str(trainer.pack_length) + ' tokens/row' if cfg.train.packing else 'off'}; run dir {out}")
     try:
         s = trainer.run()
-    except OSError as e:  # a checkpoint that cannot be written (disk full): the previous ones are intact
+    except OSError as e:  # the final model cannot be written (disk full): the checkpoints are intact
         print(f"thinkrl sft: {e}; continue with --resume --out {out} once fixed", file=sys.stderr)
         return 1
     if s["error"]:
