@@ -22,10 +22,12 @@ as in InstructGPT, Ouyang et al. 2022, eq. 1):
   to "User:") run it once, its KV cache serving every row: 2.5× less work per step for the
   embedded model with the long template, the same scores and gradients (tested).
 
-    thinkrl rm --config configs/rm-tiny.yaml [--out DIR] [section.key=value ...]
+    thinkrl rm --config configs/rm-tiny.yaml [--out DIR] [--resume] [section.key=value ...]
 
 writes OUT/model (the HF model + tokenizer + `thinkrl_rm.json`: template, part, held-out
-accuracy, training stats), OUT/metrics.jsonl, OUT/config.yaml and OUT/summary.json.
+accuracy, training stats), OUT/metrics.jsonl, OUT/checkpoints/ (every train.save_every steps,
+at the end and on Ctrl-C; --resume continues from the newest and ends as an uninterrupted run
+would), OUT/config.yaml and OUT/summary.json.
 `RewardModel.from_dir(OUT/model)` scores (question, response) pairs; the rewards
 `reward_model`, `helpfulness` and `harmlessness` (`thinkrl.rewards.model`) serve it to GRPO.
 
@@ -54,15 +56,15 @@ import torch
 
 from ..config import ConfigError, to_yaml
 from ..data import DataError
-from .loop import BadSteps, lr_factor, nonfinite_cause, threads_restored
-from ..metrics import MetricsWriter
-from ..policy import autocast, disable_dropout, load_tokenizer, resolve_device, save_pretrained
+from .context import TrainingRun, gives_threads_back, setup
+from .loop import lr_factor, nonfinite_cause
+from ..policy import autocast, disable_dropout, load_tokenizer, resolve_device
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
     load_rm_config, validate
 from .reward_model_data import load_data, rule_metrics, rule_verdicts
 from ..rewards.scorer import (INFO_FILE, RewardModel, encode, load_reward_backbone, response_part, score_sequences,
                              sequence_scores)
-from ..rundir import RunDirError, claim
+from ..rundir import run_claimed
 from ..template import render
 
 log = logging.getLogger("thinkrl.rm")
@@ -124,116 +126,141 @@ class _Batches:
             idx.append(self.order.pop())
         return idx
 
+    def state_dict(self) -> dict:
+        return {"n": self.n, "generator": self.g.get_state(), "order": list(self.order)}
 
-def train_reward_model(cfg: RMConfig, out: str | Path, show_progress: bool | None = None) -> dict:
-    """Train, evaluate and save a reward model; returns the summary (also OUT/summary.json)."""
-    with threads_restored():  # the caller's setting again after (the pipeline goes on in this process)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        return _train(cfg, Path(out), show_progress)
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise DataError(f"the checkpoint was made on {state['n']} training pairs, this run has {self.n}")
+        self.g.set_state(state["generator"])
+        self.order = list(state["order"])
 
 
-def _train(cfg: RMConfig, out: Path, show_progress: bool | None) -> dict:
-    from tqdm.auto import tqdm
+class RMTrainer(TrainingRun):
+    """Bradley-Terry training of one reward model; the run's life (checkpoints, resume, stop,
+    progress, final save) is `TrainingRun`'s."""
 
-    t0 = time.time()
-    m, d, t = cfg.model, cfg.data, cfg.train
-    device = resolve_device(m.device)
-    train, test, rule = load_data(d, t.seed)
-    verdicts = rule_verdicts(test, rule) if rule != "none" and test else None
-    tok = load_tokenizer(m.tokenizer or m.path)
-    model = load_reward_backbone(m.path, device, m.layers, t.seed, m.init, m.hidden_size, m.attention)
-    disable_dropout(model)  # both responses of a pair scored by the same function, as the policy trainers
-    model.config.pad_token_id = tok.pad_token_id
-    limit = d.max_tokens or int(getattr(model.config, "max_position_embeddings", 0) or 0) or 10**9
-    train, train_enc = encode_pairs(tok, train, m.template, d.part, limit, "train")
-    test, test_enc = encode_pairs(tok, test, m.template, d.part, limit, "test") if test else ([], [])
-    if verdicts is not None and len(test) < len(verdicts):
-        verdicts = rule_verdicts(test, rule)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
-    metrics = MetricsWriter(out, cfg.log.tensorboard, cfg.log.wandb_project, asdict(cfg))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"thinkrl rm: {m.path if m.init == 'pretrained' else 'fresh'} model ({n_params / 1e6:.3f}M parameters, "
-          f"{model.config.num_hidden_layers} layers) on {device}; {len(train)} train / {len(test)} held-out pairs; "
-          f"part={d.part}, template={m.template}, rule={rule}; {t.steps} steps × {t.batch_size} pairs; run dir {out}",
-          file=sys.stderr)
+    desc, final_name, sticky = "RM", "model", ("test/accuracy",)
+    live = (("loss", "loss", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("test", "test/accuracy", "{:.3f}"))
 
-    def scores(seqs):
-        return score_sequences(model, seqs, tok.pad_token_id, t.eval_batch_size, lambda: autocast(device, m.dtype))
+    @setup
+    def __init__(self, cfg: RMConfig, out: str | Path, resume: bool = False, show_progress: bool | None = None):
+        self.cfg, self.t0 = cfg, time.time()
+        m, d, t = cfg.model, cfg.data, cfg.train
+        self.begin(out, t.seed, t.threads, t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")
+        self.show_progress = cfg.log.progress if show_progress is None else show_progress
+        self.device = resolve_device(m.device)
+        train, test, self.rule = load_data(d, t.seed)
+        self.verdicts = rule_verdicts(test, self.rule) if self.rule != "none" and test else None
+        self.tok = load_tokenizer(m.tokenizer or m.path)
+        self.model = load_reward_backbone(m.path, self.device, m.layers, t.seed, m.init, m.hidden_size, m.attention)
+        disable_dropout(self.model)  # both responses of a pair scored by the same function, as the policy trainers
+        self.model.config.pad_token_id = self.tok.pad_token_id
+        limit = d.max_tokens or int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
+        self.train_pairs, self.train_enc = encode_pairs(self.tok, train, m.template, d.part, limit, "train")
+        test, self.test_enc = encode_pairs(self.tok, test, m.template, d.part, limit, "test") if test else ([], [])
+        if self.verdicts is not None and len(test) < len(self.verdicts):
+            self.verdicts = rule_verdicts(test, self.rule)
+        self.n_test = len(test)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, t.steps, t.warmup_steps, t.schedule))
+        self.batches = _Batches(len(self.train_enc), t.batch_size, t.seed)
+        self.evals, self.last_loss = {}, None  # the newest held-out metrics; the last step's loss
+        self.track(self.model, self.tok, self.optimizer, self.scheduler, self.batches, keep=t.keep_checkpoints)
+        self.open(resume, to_yaml(cfg), cfg.log.tensorboard, cfg.log.wandb_project, asdict(cfg))
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        where = f"resuming from {self.resumed_from}" if self.resumed_from else "from step 0"
+        print(f"thinkrl rm: {m.path if m.init == 'pretrained' else 'fresh'} model ({self.n_params / 1e6:.3f}M "
+              f"parameters, {self.model.config.num_hidden_layers} layers) on {self.device}; {len(self.train_pairs)} "
+              f"train / {self.n_test} held-out pairs; part={d.part}, template={m.template}, rule={self.rule}; "
+              f"{t.steps} steps × {t.batch_size} pairs, {where}; run dir {self.run_dir}", file=sys.stderr)
 
-    def evaluate() -> dict:
-        c, r = scores([e[0] for e in test_enc]), scores([e[1] for e in test_enc])
+    def extra_state(self) -> dict:
+        return {"evals": self.evals, "last_loss": self.last_loss}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.evals, self.last_loss = state["evals"], state["last_loss"]
+
+    def scores(self, seqs) -> list[float]:
+        m = self.cfg.model
+        return score_sequences(self.model, seqs, self.tok.pad_token_id, self.cfg.train.eval_batch_size,
+                               lambda: autocast(self.device, m.dtype))
+
+    def evaluate(self) -> dict:
+        c, r = self.scores([e[0] for e in self.test_enc]), self.scores([e[1] for e in self.test_enc])
         res = {"test/accuracy": pairwise_accuracy(c, r), "test/margin": sum(a - b for a, b in zip(c, r)) / len(c)}
-        if verdicts is not None:
-            res.update({f"test/{k}": v for k, v in rule_metrics(verdicts, c, r).items()})
+        if self.verdicts is not None:
+            res.update({f"test/{k}": v for k, v in rule_metrics(self.verdicts, c, r).items()})
         return res
 
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.steps, t.warmup_steps, t.schedule))
-    batches = _Batches(len(train_enc), t.batch_size, t.seed)
-    bar = tqdm(total=t.steps, desc="RM", unit="step", dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
-               disable=not (cfg.log.progress if show_progress is None else show_progress))
-    model.train()
-    row, evals, t_train, error = {}, {}, time.time(), None
-    bad = BadSteps(t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")  # GRPO's and SFT's policy too
-    for step in range(1, t.steps + 1):
-        idx = batches.next()
-        with autocast(device, m.dtype):
-            r = sequence_scores(model, [train_enc[i][0] for i in idx] + [train_enc[i][1] for i in idx],
-                                tok.pad_token_id)
+    def train_step(self) -> tuple[dict, dict]:
+        """One step on the next batch of pairs, and the held-out evaluation when due: the metrics line."""
+        t, enc = self.cfg.train, self.train_enc
+        idx = self.batches.next()
+        with autocast(self.device, self.cfg.model.dtype):
+            r = sequence_scores(self.model, [enc[i][0] for i in idx] + [enc[i][1] for i in idx], self.tok.pad_token_id)
         r_chosen, r_rejected = r[: len(idx)], r[len(idx):]
         loss = bradley_terry_loss(r_chosen, r_rejected)
-        opt.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf")))
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf")))
         cause = nonfinite_cause(loss.item(), gnorm)
         if cause:  # never apply a NaN/inf update; the schedule still counts the step
-            log.warning("step %d skipped: %s", step, cause)
-            opt.zero_grad(set_to_none=True)
+            log.warning("step %d skipped: %s", self.step + 1, cause)
+            self.optimizer.zero_grad(set_to_none=True)
         else:
-            opt.step()
-        sched.step()
-        bad.record(cause)
-        row = {"step": step, "loss": loss.item(), "accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),
-               "margin": (r_chosen - r_rejected).mean().item(), "grad_norm": gnorm, "lr": sched.get_last_lr()[0],
-               "skipped": int(bool(cause))}
-        if test_enc and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
-            evals = evaluate()
-            row.update(evals)
-        metrics.write(row)
-        bar.set_postfix_str(f"loss={row['loss']:.3f} acc={row['accuracy']:.2f}"
-                            + (f" test={evals['test/accuracy']:.3f}" if evals else ""), refresh=False)
-        bar.update(1)
-        if bad.exhausted:
-            error = bad.message(None)
-            break
-    bar.close()
-    metrics.close()
-    if error:  # no model is written (it would be served as a reward); the summary says why
-        log.error("%s", error)
-        summary = {"model_dir": None, "interrupted": True, "error": error, "steps": step, "test": evals,
-                   "wall_seconds": round(time.time() - t0, 1)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
-    train_seconds = time.time() - t_train
-    model.eval()
-    # the center c of the rewards' sigmoid(r − c): the mean score of (up to) 256 training pairs' responses
-    center = scores([s for e in train_enc[:256] for s in e])
-    info = {
-        "template": m.template, "part": d.part, "score_center": sum(center) / len(center), "dtype": m.dtype,
-        "init": m.init, "init_from": m.path, "layers": model.config.num_hidden_layers,
-        "hidden_size": model.config.hidden_size, "parameters": n_params, "rule": rule, "train_data": d.train,
-        "test_data": d.test if test else "none", "test_accuracy": evals.get("test/accuracy"), "test": evals,
-        "train": {"steps": t.steps, "batch_size": t.batch_size, "pairs": len(train), "seconds": round(train_seconds, 1),
-                  "final_loss": row.get("loss"), "threads": torch.get_num_threads(), "device": str(device)},
-    }
-    model_dir = out / "model"
-    save_pretrained(model, tok, model_dir, extra={INFO_FILE: json.dumps(info, indent=2) + "\n"})
-    summary = {**info, "model_dir": str(model_dir), "interrupted": False, "error": None,
-               "wall_seconds": round(time.time() - t0, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+            self.optimizer.step()
+        self.scheduler.step()
+        self.bad.record(cause)
+        self.step += 1
+        self.last_loss = loss.item()
+        row = {"step": self.step, "loss": loss.item(),
+               "accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),
+               "margin": (r_chosen - r_rejected).mean().item(), "grad_norm": gnorm,
+               "lr": self.scheduler.get_last_lr()[0], "skipped": int(bool(cause))}
+        if self.test_enc and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps):
+            self.evals = self.evaluate()
+            row.update(self.evals)
+        return row, row
+
+    @gives_threads_back
+    def run(self) -> dict:
+        """Train (or go on training), then save the model with its info; returns the summary."""
+        m, d, t = self.cfg.model, self.cfg.data, self.cfg.train
+        self.model.train()
+        error = self.drive(self.train_step, t.steps, t.save_every, show=self.show_progress)
+        if self.interrupted:  # no model is written (it would be served as a reward); the summary says why
+            return self._summary({"model_dir": None, "interrupted": True, "error": error, "steps": self.step,
+                                  "test": self.evals})
+        train_seconds = self.wall()
+        self.model.eval()
+        # the center c of the rewards' sigmoid(r − c): the mean score of (up to) 256 training pairs' responses
+        center = self.scores([s for e in self.train_enc[:256] for s in e])
+        info = {
+            "template": m.template, "part": d.part, "score_center": sum(center) / len(center), "dtype": m.dtype,
+            "init": m.init, "init_from": m.path, "layers": self.model.config.num_hidden_layers,
+            "hidden_size": self.model.config.hidden_size, "parameters": self.n_params, "rule": self.rule,
+            "train_data": d.train, "test_data": d.test if self.test_enc else "none",
+            "test_accuracy": self.evals.get("test/accuracy"), "test": self.evals,
+            "train": {"steps": t.steps, "batch_size": t.batch_size, "pairs": len(self.train_pairs),
+                      "seconds": round(train_seconds, 1), "final_loss": self.last_loss,
+                      "threads": torch.get_num_threads(), "device": str(self.device)},
+        }
+        model_dir = self.save_final(extra={INFO_FILE: json.dumps(info, indent=2) + "\n"})
+        return self._summary({**info, "model_dir": str(model_dir), "interrupted": False, "error": None})
+
+    def _summary(self, fields: dict) -> dict:
+        """summary.json: `fields`, where the run resumed from, the seconds of every segment (setup included)."""
+        return self.save_summary({**fields, "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+                                  "wall_seconds": round(self.wall_before + time.time() - self.t0, 1)})
+
+
+def train_reward_model(cfg: RMConfig, out: str | Path, show_progress: bool | None = None,
+                       resume: bool = False) -> dict:
+    """Train, evaluate and save a reward model (on --resume, from the newest checkpoint in OUT);
+    returns the summary (also OUT/summary.json)."""
+    return RMTrainer(cfg, out, resume, show_progress).run()
 
 
 # ---------------------------------------------------------------------------- command line
@@ -243,26 +270,37 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="thinkrl rm", description="Train a Bradley-Terry reward model on preference "
                                  "pairs (JSONL of prompt/chosen/rejected, or the synthetic general task).")
     ap.add_argument("--config", help="YAML with model/data/train/log sections (see configs/rm-tiny.yaml)")
-    ap.add_argument("--out", help="run directory (default runs/rm-TIMESTAMP)")
+    ap.add_argument("--out", help="run directory (default runs/rm-TIMESTAMP; with --resume the newest runs/rm-*)")
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete "
+                    "checkpoint, with the settings it started with")
     ap.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.part=summary train.steps=200")
     args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
-    overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
+    args.overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
+    if not args.resume:  # the settings are checked before a run directory is made
+        try:
+            load_rm_config(args.config, args.overrides)
+        except (ConfigError, OSError) as e:
+            print(f"thinkrl rm: {e}", file=sys.stderr)
+            return 2
+    return run_claimed("rm", args, command)  # the run directory is this run's alone (locked while it runs)
+
+
+def command(args, out: Path, config: str | None) -> int:
+    """`thinkrl rm` in a claimed run directory `out`, with settings from `config` and `args.overrides`."""
     try:
-        cfg = load_rm_config(args.config, overrides)
-    except (ConfigError, OSError) as e:
-        print(f"thinkrl rm: {e}", file=sys.stderr)
-        return 2
-    try:  # the run directory is this run's alone (locked while it runs)
-        with claim(args.out, overwrite=args.overwrite, command="rm", prefix="rm-") as run_dir:
-            s = train_reward_model(cfg, run_dir.path)
-    except (ConfigError, DataError, OSError, ValueError, RunDirError) as e:
+        cfg = load_rm_config(config, args.overrides)
+        s = train_reward_model(cfg, out, resume=args.resume)
+    except (ValueError, OSError) as e:  # ConfigError, DataError, a checkpoint that does not fit
         print(f"thinkrl rm: {e}", file=sys.stderr)
         return 2
     if s["error"]:
         print(f"thinkrl rm: {s['error']}", file=sys.stderr)
         return 1
+    if s["interrupted"]:
+        print(f"thinkrl rm: stopped at step {s['steps']}; continue with --resume --out {out}", file=sys.stderr)
+        return 130
     acc = s.get("test_accuracy")
     extra = ""
     if s["test"].get("test/rule_auc") is not None:

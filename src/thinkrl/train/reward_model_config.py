@@ -58,6 +58,8 @@ class RMTrainConfig:
     eval_every: int = 250  # held-out accuracy every N steps (and at the end); 0 = at the end only
     eval_batch_size: int = 256  # sequences per scoring forward
     max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss or gradient
+    save_every: int = 250  # checkpoint every N steps (and at the end, or on Ctrl-C); 0 = at the end only
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept (--resume continues from the newest)
 
 
 @dataclass
@@ -109,6 +111,8 @@ def validate(cfg: RMConfig) -> None:
     need(t.eval_every >= 0, "train.eval_every must be >= 0 (0 = at the end only)")
     need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
     need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    need(t.save_every >= 0, "train.save_every must be >= 0 (0 = a checkpoint at the end only)")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     need(m.layers >= 0, "model.layers must be >= 0 (0 keeps every layer)")
     need(m.init in ("pretrained", "random"), f"model.init {m.init!r}: use pretrained (the weights of model.path) or "
          "random (a fresh model of its architecture)")
