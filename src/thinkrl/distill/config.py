@@ -75,6 +75,7 @@ class OnPolicyConfig:
     micro_batch_size: int = 32  # completions per forward/backward
     save_every: int = 50  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf reverse KL or gradient
 
 
 @dataclass
@@ -158,6 +159,7 @@ def validate(cfg: DistillConfig) -> None:
          "on_policy.max_new_tokens and on_policy.micro_batch_size must be positive")
     need(op.max_grad_norm >= 0 and op.warmup_steps >= 0 and op.save_every >= 0 and op.keep_checkpoints >= 1,
          "on_policy.max_grad_norm, warmup_steps, save_every must be >= 0 and keep_checkpoints >= 1")
+    need(op.max_bad_steps >= 1, "on_policy.max_bad_steps must be >= 1")
     need(e.size >= 0 and e.every >= 0 and e.samples >= 1 and e.max_new_tokens > 0 and e.batch_size >= 1,
          "eval.size and eval.every must be >= 0; eval.samples, max_new_tokens, batch_size positive")
     need(e.temperature > 0 and 0 < e.top_p <= 1,

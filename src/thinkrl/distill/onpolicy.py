@@ -17,6 +17,10 @@ temperature 1; `on_policy.temperature` only changes how the student explores. Co
 distributions token by token needs one vocabulary: a student with another tokenizer must be
 distilled by SFT on text (`thinkrl.distill.run`, mode sft).
 
+A step whose reverse KL or gradient is not finite is skipped and on_policy.max_bad_steps in a
+row stop the run (`loop.BadSteps`, as every loop); the run's life (checkpoints, --resume,
+Ctrl-C, progress, the final save) is `train.context.TrainingRun`'s.
+
 Writes OUT/metrics.jsonl (reverse_kl per token of each step's batch; eval/reverse_kl,
 eval/accuracy and eval/format_rate on held-out prompts every eval.every steps),
 OUT/checkpoints/ (thinkrl.checkpoint; --resume continues from the newest), OUT/student/ and
@@ -25,28 +29,24 @@ OUT/summary.json.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
 from ..data import PromptSampler
 from .config import DistillConfig, DistillError
 from .evaluate import evaluate_model
 from .data import load_prompts
-from ..metrics import MetricsWriter, mean, read_metrics
-from ..policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device, save_pretrained
-from ..progress import live_line
+from ..metrics import mean, read_metrics
+from ..policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device
 from ..rewards import get_reward
 from ..rollout import SamplingParams, make_engine
 from ..template import render
-from ..train.loop import StopRequest
+from ..train.context import TrainingRun, gives_threads_back, setup
+from ..train.loop import lr_factor, nonfinite_cause
 
 log = logging.getLogger("thinkrl.distill.run")
 
@@ -101,11 +101,19 @@ def _output_size(model) -> int:
     return model.get_output_embeddings().weight.shape[0]
 
 
-class OnPolicyDistiller:
+class OnPolicyDistiller(TrainingRun):
+    """On-policy distillation; the run's life (checkpoints, resume, stop, progress, final save)
+    is `TrainingRun`'s."""
+
+    desc, final_name = "distill", "student"
+    live = (("acc", "train/accuracy", "{:.2f}"), ("len", "completion_len", "{:.0f}"), ("kl", "reverse_kl", "{:.4f}"),
+            ("eval", "eval/accuracy", "{:.3f}"))
+
+    @setup
     def __init__(self, cfg: DistillConfig, out: Path, resume: bool = False):
-        self.cfg, self.out, op = cfg, Path(out), cfg.on_policy
-        self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.run.seed)
+        self.cfg, op = cfg, cfg.on_policy
+        self.begin(out, cfg.run.seed, cfg.run.threads, op.max_bad_steps, lr="on_policy.lr",
+                   clip="on_policy.max_grad_norm", limit="on_policy.max_bad_steps")
         self.tok = load_tokenizer(cfg.student.tokenizer or cfg.student.path)
         check_same_vocabulary(self.tok, load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.path),
                               cfg.student.path, cfg.teacher.path)
@@ -123,15 +131,13 @@ class OnPolicyDistiller:
         self.held, self.held_prompts = self._fit(held, context, "held-out") if held else ([], [])
         self.engine = make_engine("hf", self.student, self.tok, self.device)
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=op.lr, weight_decay=0.0)
-        warm = op.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: (i + 1) / warm if i < warm else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # a linear warm-up, then constant
+            self.optimizer, lambda i: lr_factor(i, op.steps, op.warmup_steps, "constant"))
         self.sampler = PromptSampler(len(self.rows), cfg.run.seed)
         self.generator = torch.Generator().manual_seed(cfg.run.seed)
-        self.step, self.wall_before = 0, 0.0
-        self.metrics = MetricsWriter(self.out)
-        if not resume:
-            self.metrics.truncate_after(-1)  # a fresh run in a used directory starts a fresh log
-        self.resumed_from = self._resume() if resume else None
+        self.track(self.student, self.tok, self.optimizer, self.scheduler, self.sampler, self.generator,
+                   keep=op.keep_checkpoints)
+        self.open(resume)  # config.yaml is distill's (thinkrl.distill.run)
 
     def _fit(self, rows: list[dict], context: int, what: str) -> tuple[list[dict], list[list[int]]]:
         """The rows whose prompt plus on_policy.max_new_tokens fits both models, with their ids."""
@@ -182,19 +188,20 @@ class OnPolicyDistiller:
         self.optimizer.zero_grad(set_to_none=True)
         kl = self.kl_sum(batch, grad=True, normaliser=n_tok)  # loss = mean over the batch's completion tokens
         norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), op.max_grad_norm or float("inf"))
-        skipped = not (math.isfinite(kl) and torch.isfinite(norm))
-        if skipped:
-            log.warning("step %d skipped: non-finite reverse KL or gradient", self.step + 1)
+        cause = nonfinite_cause(kl / max(n_tok, 1), float(norm))
+        if cause:  # never apply a NaN/inf update; the schedule still counts the step
+            log.warning("step %d skipped: %s", self.step + 1, cause)
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
         self.scheduler.step()
+        self.bad.record(cause)
         self.step += 1
         rows = [self.rows[i] for i in idx for _ in range(op.samples_per_prompt)]
         m = {"step": self.step, "reverse_kl": kl / max(n_tok, 1), "grad_norm": float(norm),
              "lr": self.scheduler.get_last_lr()[0], "completion_len": n_tok / len(ro),
              "truncated_frac": mean([float(f == "length") for f in ro.finish_reasons]),
-             "train/format_rate": mean(get_reward("format")(ro.texts)), "skipped": int(skipped)}
+             "train/format_rate": mean(get_reward("format")(ro.texts)), "skipped": int(bool(cause))}
         if all("answer" in r for r in rows):
             m["train/accuracy"] = mean(get_reward("accuracy")(ro.texts, answer=[r["answer"] for r in rows]))
         m["step_seconds"] = time.perf_counter() - t0
@@ -215,77 +222,38 @@ class OnPolicyDistiller:
         m = evaluate_model(self.student, self.tok, self.held, self.cfg, self.cfg.on_policy.stop, self.cfg.run.seed + 1)
         return {"eval/reverse_kl": kl, **{k: m[k] for k in ("eval/accuracy", "eval/format_rate", "eval/completion_len")}}
 
-    # ------------------------------------------------------------------ state
-    def save(self) -> Path:
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
-                 "wall_seconds": self.wall_before + time.time() - self.t_start}
-        op = self.cfg.on_policy
-        return ckpt.save_checkpoint(self.out / "checkpoints", self.step, self.student, self.tok, state, op.keep_checkpoints)
-
-    def _resume(self):
-        found = ckpt.latest_checkpoint(self.out / "checkpoints")
-        if found is None:
-            log.warning("--resume: no complete checkpoint under %s; starting from step 0", self.out / "checkpoints")
-            self.metrics.truncate_after(-1)
-            return None
-        ckpt.load_weights(self.student, found)
-        s = ckpt.load_trainer_state(found)
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.scheduler.load_state_dict(s["scheduler"])
-        self.sampler.load_state_dict(s["sampler"])
-        self.generator.set_state(s["generator"])
-        self.step, self.wall_before = s["step"], s["wall_seconds"]
-        self.metrics.truncate_after(self.step)
-        return found
-
     # ------------------------------------------------------------------ the loop
+    @gives_threads_back
     def run(self) -> dict:
         cfg, op = self.cfg, self.cfg.on_policy
-        self.t_start = time.time()
-        if self.step == 0 and self.held:
-            self.metrics.write({"step": 0, **self.evaluate()})
-        bar = tqdm(total=op.steps, initial=self.step, desc="distill", unit="step", dynamic_ncols=True,
-                   file=sys.stderr, disable=not cfg.run.progress, mininterval=0.5)
-        shown: dict = {}  # the live line keeps the last evaluation
-        stop = StopRequest()  # Ctrl-C: finish the step, write a checkpoint, stop (--resume continues)
-        try:
-            while self.step < op.steps and stop.requested is None:
-                m = self.train_step()
-                if cfg.eval.size and ((cfg.eval.every and self.step % cfg.eval.every == 0) or self.step == op.steps):
-                    m.update(self.evaluate())
-                self.metrics.write(m)
-                shown.update({k: v for k, v in m.items() if v is not None}, kl=m["reverse_kl"])
-                shown["rewards/accuracy"] = m.get("train/accuracy")
-                bar.set_postfix_str(live_line(shown), refresh=False)
-                bar.update(1)
-                if op.save_every and self.step % op.save_every == 0 and self.step < op.steps:
-                    self.save()
-        finally:
-            stop.restore()
-            bar.close()
-        final = self.save()
-        interrupted = self.step < op.steps
-        if not interrupted:
-            save_pretrained(self.student, self.tok, self.out / "student")
-        self.metrics.close()
-        history = read_metrics(self.out)  # a resumed run's earlier steps included
+        first = (lambda: {"step": 0, **self.evaluate()}) if self.held else None
+        error = self.drive(self._logged_step, op.steps, op.save_every, first=first, show=cfg.run.progress)
+        if not self.interrupted:
+            self.save_final()
+        history = read_metrics(self.run_dir)  # a resumed run's earlier steps included
         evals = [h for h in history if "eval/accuracy" in h]
-        first, last = (evals[0], evals[-1]) if evals else ({}, {})
-        summary = {
+        first_eval, last_eval = (evals[0], evals[-1]) if evals else ({}, {})
+        newest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        return self.save_summary({
             "mode": "on_policy", "teacher": cfg.teacher.path, "student": cfg.student.path, "steps": self.step,
             "train_prompts": len(self.rows), "eval_prompts": len(self.held),
             "reverse_kl_first_step": next((h["reverse_kl"] for h in history if "reverse_kl" in h), None),
             "reverse_kl_last_step": history[-1].get("reverse_kl") if history else None,
-            **{f"{k.split('/')[1]}_{when}": d.get(k) for when, d in (("start", first), ("end", last))
+            **{f"{k.split('/')[1]}_{when}": d.get(k) for when, d in (("start", first_eval), ("end", last_eval))
                for k in ("eval/reverse_kl", "eval/accuracy", "eval/format_rate")},
-            "final_checkpoint": str(final), "student_dir": None if interrupted else str(self.out / "student"),
-            "interrupted": interrupted,
+            "final_checkpoint": str(newest) if newest else None,
+            "student_dir": None if self.interrupted else str(self.run_dir / "student"),
+            "interrupted": self.interrupted, "error": error,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "seconds": round(self.wall_before + time.time() - self.t_start, 1),
-        }
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
-        return summary
+            "seconds": round(self.wall(), 1),
+        })
+
+    def _logged_step(self) -> tuple[dict, dict]:
+        """One step and the held-out evaluation when due: the metrics line (shown as it is)."""
+        m, every = self.train_step(), self.cfg.eval.every
+        if self.cfg.eval.size and ((every and self.step % every == 0) or self.step == self.cfg.on_policy.steps):
+            m.update(self.evaluate())
+        return m, m
 
 
 def run_on_policy(cfg: DistillConfig, out: Path, resume: bool = False) -> dict:
