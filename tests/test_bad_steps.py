@@ -12,6 +12,7 @@ import torch
 import thinkrl.train.reward_model as rm_module
 import thinkrl.train.sft as sft_module
 from thinkrl import checkpoint as ckpt
+from thinkrl.cli import main as cli_main
 from thinkrl.config import ConfigError
 from thinkrl.train.loop import BadSteps
 from thinkrl.metrics import read_metrics
@@ -104,7 +105,7 @@ def test_sft_huge_lr_skips_then_stops_naming_the_lr_and_keeps_finite_checkpoints
     args = tiny_overrides(data, **{"optim.lr": 1e30, "optim.max_grad_norm": 0, "optim.warmup_steps": 0,
                                    "optim.schedule": "constant", "train.max_bad_steps": 2, "train.save_every": 1,
                                    "train.epochs": 4})
-    code = sft_module.main(["--out", str(out)] + args)
+    code = cli_main(["sft", "--out", str(out)] + args)
     assert code == 1
     err = capsys.readouterr().err
     assert "2 consecutive steps were skipped (train.max_bad_steps=2)" in err and "optim.lr" in err
@@ -158,5 +159,5 @@ def test_rm_huge_lr_skips_then_stops_instead_of_raising(tmp_path, qwen2_dir, cap
     rows = read_metrics(out)
     assert [r["skipped"] for r in rows[-2:]] == [1, 1] and len(rows) < 20
     assert json.loads((out / "summary.json").read_text())["error"] == s["error"]
-    assert rm_module.main(["--out", str(tmp_path / "cli"), "--no-progress"] + args) == 1
+    assert cli_main(["rm", "--out", str(tmp_path / "cli"), "--no-progress"] + args) == 1
     assert "train.lr" in capsys.readouterr().err

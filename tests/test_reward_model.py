@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from thinkrl.cli import main as cli_main
 from thinkrl.train.reward_model import (RewardModel, bradley_terry_loss, encode,
-                                  load_reward_backbone, load_rm_config, main, pairwise_accuracy, sequence_scores,
+                                  load_reward_backbone, load_rm_config, pairwise_accuracy, sequence_scores,
                                   train_reward_model)
 from thinkrl.train.reward_model_data import auc
 from thinkrl.task import general as G
@@ -254,7 +255,7 @@ def test_cli_trains_from_a_jsonl_and_writes_its_outputs(tmp_path, qwen2_dir, cap
     for name, rows, seed in (("train", train, 0), ("test", test, 1)):
         paths[name] = tmp_path / f"{name}.jsonl"
         paths[name].write_text("".join(json.dumps(p) + "\n" for p in G.preference_pairs(rows, seed, "harmlessness")))
-    code = main(["--out", str(tmp_path / "run"), "--no-progress", f"model.path={qwen2_dir}", "model.template=none",
+    code = cli_main(["rm", "--out", str(tmp_path / "run"), "--no-progress", f"model.path={qwen2_dir}", "model.template=none",
                  f"data.train={paths['train']}", f"data.test={paths['test']}", "data.rule=harmlessness",
                  "train.steps=3", "train.batch_size=8"])
     assert code == 0
@@ -279,7 +280,7 @@ def test_cli_trains_from_a_jsonl_and_writes_its_outputs(tmp_path, qwen2_dir, cap
 def test_malformed_preference_rows_name_file_and_line(tmp_path, capsys, line, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n' + line + "\n")
-    assert main(["--out", str(tmp_path / "run"), f"data.train={bad}", "data.test=none"]) == 2
+    assert cli_main(["rm", "--out", str(tmp_path / "run"), f"data.train={bad}", "data.test=none"]) == 2
     err = capsys.readouterr().err
     assert f"{bad}:2" in err and message in err
 
@@ -287,12 +288,12 @@ def test_malformed_preference_rows_name_file_and_line(tmp_path, capsys, line, me
 def test_empty_data_and_bad_settings_fail_at_start(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert main(["--out", str(tmp_path / "r"), f"data.train={empty}", "data.test=none"]) == 2
+    assert cli_main(["rm", "--out", str(tmp_path / "r"), f"data.train={empty}", "data.test=none"]) == 2
     assert "no preference pairs" in capsys.readouterr().err
-    assert main(["data.part=reasoning", "train.steps=0"]) == 2
+    assert cli_main(["rm", "data.part=reasoning", "train.steps=0"]) == 2
     err = capsys.readouterr().err
     assert "data.part 'reasoning'" in err and "train.steps must be >= 1" in err
-    assert main(["data.test=synthetic", f"data.train={empty}"]) == 2
+    assert cli_main(["rm", "data.test=synthetic", f"data.train={empty}"]) == 2
     assert "data.test=synthetic needs a synthetic data.train" in capsys.readouterr().err
-    assert main(["train.lrr=1"]) == 2
+    assert cli_main(["rm", "train.lrr=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err

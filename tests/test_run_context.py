@@ -16,13 +16,14 @@ from tests.test_sft import task_rows, tiny_overrides, write_jsonl
 from tests.test_threads import two_threads  # noqa: F401 (a fixture)
 from tests.test_trainer import drop_timing, random_model_overrides, small_dataset
 from thinkrl import checkpoint as ckpt
+from thinkrl.cli import main as cli_main
 from thinkrl.config import load_config
 from thinkrl.distill.config import load_distill_config
 from thinkrl.distill.onpolicy import OnPolicyDistiller
 from thinkrl.metrics import read_metrics
 from thinkrl.policy import load_model, load_tokenizer
 from thinkrl.train.grpo import GRPOTrainer
-from thinkrl.train.reward_model import RMTrainer, load_rm_config, main as rm_main
+from thinkrl.train.reward_model import RMTrainer, load_rm_config
 from thinkrl.train.sft import SFTTrainer, load_sft_config
 
 CPU = torch.device("cpu")
@@ -135,11 +136,11 @@ def test_reward_model_resume_from_the_command_line(tmp_path, qwen2_dir, capsys):
     with pytest.raises(RuntimeError, match="killed"):
         killed.run()
     assert torch.get_num_threads() == 2  # given back however the run ends
-    assert rm_main(["--resume", "--out", str(out)]) == 0  # with the settings the run started with
+    assert cli_main(["rm", "--resume", "--out", str(out)]) == 0  # with the settings the run started with
     s = json.loads((out / "summary.json").read_text())
     assert s["resumed_from"].endswith("step_000002") and s["model_dir"] and s["train"]["steps"] == 6
     assert [r["step"] for r in read_metrics(out)] == list(range(1, 7))
-    assert rm_main(args) == 2 and "--resume" in capsys.readouterr().err  # the run is there: continue or replace
+    assert cli_main(["rm", *args]) == 2 and "--resume" in capsys.readouterr().err  # the run is there: continue or replace
 
 
 def test_on_policy_distillation_killed_mid_run_resumes_into_the_uninterrupted_run(tmp_path, student):

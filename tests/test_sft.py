@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from thinkrl.cli import main as cli_main
 from thinkrl.config import ConfigError
 from thinkrl.data import DataError
 from thinkrl.metrics import read_metrics
 from thinkrl.policy import load_model, load_tokenizer
-from thinkrl.train.sft import (SFTConfig, SFTTrainer, batch_nll, load_sft_config, lr_factor, main, masked_lm_loss,
+from thinkrl.train.sft import (SFTConfig, SFTTrainer, batch_nll, load_sft_config, lr_factor, masked_lm_loss,
                          run_sft)
 from thinkrl.train.sft_data import IGNORE, encode_messages, encode_prompt_response, encode_rows, pack, pad_batch, read_rows
 from thinkrl.task.arithmetic import completion, make_problem
@@ -199,7 +200,7 @@ def test_bad_config_fails_with_what_to_change(override, message):
 def test_config_needs_training_data_and_ships_a_valid_example(capsys):
     with pytest.raises(ConfigError, match="data.train is not set"):
         load_sft_config(None, [])
-    assert main(["train.epochs=1"]) == 2
+    assert cli_main(["sft", "train.epochs=1"]) == 2
     assert "data.train" in capsys.readouterr().err
     cfg = load_sft_config(str(ROOT / "configs" / "sft-tiny.yaml"), [])
     assert cfg.model.path == "embedded" and cfg.data.train
@@ -278,7 +279,7 @@ def test_resume_after_a_crash_continues_the_same_run(tmp_path, packing):
 def test_end_to_end_lowers_the_loss_and_the_final_model_loads(tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", task_rows(300, seed=2, kind="reflective"))
     out = tmp_path / "run"
-    code = main(["--out", str(out), *tiny_overrides(data, **{"train.epochs": 1, "train.batch_size": 16,
+    code = cli_main(["sft", "--out", str(out), *tiny_overrides(data, **{"train.epochs": 1, "train.batch_size": 16,
                                                               "train.micro_batch_size": 8, "data.eval_fraction": 0.1})])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
@@ -293,7 +294,7 @@ def test_end_to_end_lowers_the_loss_and_the_final_model_loads(tmp_path, capsys):
     assert tok.eos_token_id == load_tokenizer("embedded").eos_token_id and model.config.vocab_size == 406
     assert (out / "config.yaml").exists() and json.loads((out / "summary.json").read_text())["final_dir"]
     shutil.rmtree(out / "final")
-    assert main(["--out", str(out), "--resume"]) == 0  # a finished run: resuming writes final/ again
+    assert cli_main(["sft", "--out", str(out), "--resume"]) == 0  # a finished run: resuming writes final/ again
     assert (out / "final" / "model.safetensors").exists()
 
 

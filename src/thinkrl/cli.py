@@ -54,6 +54,7 @@ class Command:
     progress: str = "run.progress"  # the setting --no-progress turns off
     claims: bool = True  # --out is claimed and locked as this run's (the pipeline keeps its own cache root)
     config_help: str = ""
+    load: str | None = None  # "module:function(config, overrides)": settings checked before --out is claimed
 
 
 COMMANDS: dict[str, Command] = {
@@ -66,9 +67,9 @@ COMMANDS: dict[str, Command] = {
                       Flag("--profile", "time each phase of a step precisely (CUDA sync)", key="train.profile",
                            value="true")), progress="log.progress", claims=False, config_help="see configs/"),
     "sft": Command("supervised fine-tuning (response tokens only, packing, chat templates)", ".train.sft:command",
-                   progress="train.progress", config_help="sections model, data, optim, train (configs/sft-tiny.yaml)"),
+                   progress="train.progress", load=".train.sft_config:load_sft_config", config_help="sections model, data, optim, train (configs/sft-tiny.yaml)"),
     "rm": Command("train a Bradley-Terry reward model on preference pairs", ".train.reward_model:command",
-                  progress="log.progress", config_help="sections model, data, train, log (configs/rm-tiny.yaml)"),
+                  progress="log.progress", load=".train.reward_model_config:load_rm_config", config_help="sections model, data, train, log (configs/rm-tiny.yaml)"),
     "distill": Command(
         "distil a teacher into a student by SFT (or on-policy, reverse KL)", ".distill.run:command",
         (Flag("--teacher", "teacher model: a directory, a hub id or 'embedded'", key="teacher.path"),
@@ -77,7 +78,8 @@ COMMANDS: dict[str, Command] = {
          Flag("--data", "reuse this prompt/response JSONL (e.g. stage 3's) instead of sampling the teacher",
               key="data.dataset"),
          Flag("--on-policy", "reverse-KL on-policy distillation (same tokenizer)", key="mode", value="on_policy")),
-        config_help="sections mode, teacher, student, data, sample, filter, sft, on_policy, eval, run"),
+        config_help="sections mode, teacher, student, data, sample, filter, sft, on_policy, eval, run",
+        load=".distill.config:load_distill_config"),
     "coldstart": Command(
         "stage 1: a cold-start set of readable long chains of thought", ".pipeline.coldstart:command",
         (Flag("--model", "an R1-Zero run or checkpoint directory, a model, 'embedded'", key="model"),
@@ -119,7 +121,6 @@ COMMANDS: dict[str, Command] = {
 TOOLS = {"score": "score a JSONL file of completions with named rewards, with reasons",
          "analyze": "the paper's analyses of a run: length, reflective words, accuracy",
          "build-tiny": "rebuild the embedded tiny model, tokenizer and task data"}
-LEGACY = {"sft", "rm"}  # for now these parse their own arguments (their module's `main`)
 
 
 def _parser(name: str, cmd: Command) -> argparse.ArgumentParser:
@@ -169,11 +170,16 @@ def _function(target: str):
 
 
 def run_command(name: str, argv: list[str]) -> int:
-    if name in LEGACY:
-        return _function(COMMANDS[name].run.partition(":")[0] + ":main")(argv) or 0
     args = parse(name, argv)
-    body = _function(COMMANDS[name].run)
-    if not COMMANDS[name].claims:
+    cmd = COMMANDS[name]
+    if cmd.load and not args.resume:  # a bad setting is refused before a run directory is made
+        try:
+            _function(cmd.load)(args.config, args.overrides)
+        except (ConfigError, OSError) as e:
+            print(f"thinkrl {name}: {e}", file=sys.stderr)
+            return 2
+    body = _function(cmd.run)
+    if not cmd.claims:
         return body(args, Path(args.out) if args.out else None, args.config)
     return run_claimed(name, args, body)  # the run directory is this run's alone, locked while it works
 

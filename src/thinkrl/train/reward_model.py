@@ -44,7 +44,6 @@ where fine-tuning the 1M embedded model reached 0.86 in more time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -64,7 +63,6 @@ from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConf
 from .reward_model_data import load_data, rule_metrics, rule_verdicts
 from ..rewards.scorer import (INFO_FILE, RewardModel, encode, load_reward_backbone, response_part, score_sequences,
                              sequence_scores)
-from ..rundir import run_claimed
 from ..template import render
 
 log = logging.getLogger("thinkrl.rm")
@@ -264,27 +262,6 @@ def train_reward_model(cfg: RMConfig, out: str | Path, show_progress: bool | Non
 
 
 # ---------------------------------------------------------------------------- command line
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="thinkrl rm", description="Train a Bradley-Terry reward model on preference "
-                                 "pairs (JSONL of prompt/chosen/rejected, or the synthetic general task).")
-    ap.add_argument("--config", help="YAML with model/data/train/log sections (see configs/rm-tiny.yaml)")
-    ap.add_argument("--out", help="run directory (default runs/rm-TIMESTAMP; with --resume the newest runs/rm-*)")
-    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete "
-                    "checkpoint, with the settings it started with")
-    ap.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
-    ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.part=summary train.steps=200")
-    args = ap.parse_intermixed_args(argv)  # overrides anywhere among the flags
-    args.overrides = list(args.overrides) + (["log.progress=false"] if args.no_progress else [])
-    if not args.resume:  # the settings are checked before a run directory is made
-        try:
-            load_rm_config(args.config, args.overrides)
-        except (ConfigError, OSError) as e:
-            print(f"thinkrl rm: {e}", file=sys.stderr)
-            return 2
-    return run_claimed("rm", args, command)  # the run directory is this run's alone (locked while it runs)
 
 
 def command(args, out: Path, config: str | None) -> int:

@@ -31,7 +31,6 @@ Two ways to spend less compute, both exact (tested against each sample run alone
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -44,7 +43,6 @@ from ..data import DataError, PromptSampler
 from ..policy import autocast, load_model, load_tokenizer, resolve_device
 from .context import TrainingRun, gives_threads_back, setup
 from .loop import lr_factor, nonfinite_cause
-from ..rundir import run_claimed
 from .sft_config import SFTConfig, load_sft_config, validate_sft
 from .sft_loss import batch_nll, check_packing, masked_lm_loss, token_nll
 from .sft_data import IGNORE, Batch, encode_rows, pack, pad_batch, read_rows, split_rows
@@ -231,18 +229,6 @@ def run_sft(cfg: SFTConfig, run_dir: str | Path, resume: bool = False) -> dict:
 
 
 # ---------------------------------------------------------------------------- the command
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="thinkrl sft", description="Supervised fine-tuning on response tokens "
-                                "(prompt/response or chat rows, packing, resumable).")
-    p.add_argument("--config", help="YAML with sections model, data, optim, train (see configs/sft-tiny.yaml)")
-    p.add_argument("--out", help="run directory (default runs/sft-TIME; with --resume the newest runs/sft-*)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace the thinkrl run already in --out")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.train=sft.jsonl optim.lr=1e-5")
-    args = p.parse_intermixed_args(argv)
-    return run_claimed("sft", args, command)  # the run directory is this run's alone
 
 
 def command(args, out: Path, config: str | None) -> int:
