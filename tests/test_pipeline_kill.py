@@ -53,7 +53,7 @@ KILLS = [
 
 def start(config: Path, out: Path, log: Path) -> subprocess.Popen:
     with open(log, "a") as f:
-        return subprocess.Popen([sys.executable, "-m", "thinkrl.pipeline.run", "--config", str(config),
+        return subprocess.Popen([sys.executable, "-m", "thinkrl.cli", "pipeline", "--config", str(config),
                                  "--out", str(out)], env=ENV, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
 
 

@@ -43,3 +43,15 @@ def test_a_training_run_gives_the_thread_count_back(two_threads, tmp_path, qwen2
     assert torch.get_num_threads() == 1  # the run's own setting while it works
     trainer.run()
     assert torch.get_num_threads() == 2
+
+
+def test_a_distillation_gives_the_thread_count_back(two_threads, tmp_path):
+    from thinkrl.distill.run import load_distill_config, run_distill
+
+    cfg = load_distill_config(None, [
+        "teacher.path=embedded", "student.path=embedded-student", "data.prompts=embedded", "data.max_prompts=4",
+        "sample.n=1", "sample.max_new_tokens=24", "eval.size=0", "filter.correct=false", "filter.format=none",
+        "sft.train.epochs=1", "sft.train.batch_size=4", "sft.train.micro_batch_size=4", "run.threads=1",
+        "run.progress=false"])
+    run_distill(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == 2

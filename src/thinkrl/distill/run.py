@@ -39,6 +39,7 @@ from pathlib import Path
 from ..config import ConfigError, load_into, to_yaml
 from ..data import DataError
 from ..rundir import write_text_atomic
+from ..train.loop import restoring_threads
 from .config import (DistillConfig, DistillDataConfig, DistillError, DistillEvalConfig, FilterConfig, ModelRef,
                              OnPolicyConfig, RunConfig, TeacherSampling, load_distill_config, sft_config, validate)
 from .data import (dataset_samples, distill_row, filter_samples, load_prompts, read_jsonl, round_trips,
@@ -57,6 +58,7 @@ __all__ = ["DistillConfig", "DistillDataConfig", "DistillError", "DistillEvalCon
 # ---------------------------------------------------------------------------- the run
 
 
+@restoring_threads  # run.threads is this run's: the caller's count again after
 def run_distill(cfg: DistillConfig, out_dir: str | Path, resume: bool = False) -> dict:
     """Distil the teacher into the student (docs/R1-PIPELINE.md §Distillation); returns the
     summary written to OUT/summary.json."""

@@ -90,9 +90,10 @@ def reward_model(ctx: StageContext) -> dict:
 
     cfg = _fill(RMConfig(), ctx.settings)
     validate(cfg)
-    s = train_reward_model(cfg, ctx.out)
-    if s.get("error"):
-        raise StageStopped(f"stage {ctx.name}: {s['error']}")
+    s = train_reward_model(cfg, ctx.out, resume=ctx.resume)  # a killed stage continues from its checkpoint
+    if s.get("error") or s.get("interrupted"):
+        raise StageStopped(f"stage {ctx.name}: " + (s.get("error") or f"stopped at step {s.get('steps')} "
+                                                     "(checkpoint kept)"))
     return {"outputs": {"model": s["model_dir"], "dir": str(ctx.out)},
             **{k: v for k, v in s.items() if isinstance(v, (int, float, str))}}
 
@@ -171,7 +172,7 @@ KINDS = {kind: restoring_threads(fn) for kind, fn in {
     "grpo": grpo, "sft": sft, "coldstart": coldstart, "reject": reject, "general": general_data,
     "rm": reward_model, "mix": mix, "distill": distill, "eval": evaluate, "report": report}.items()}
 # the kinds that continue a killed run from their checkpoints; the others start over in an empty directory
-RESUMABLE = {"grpo", "sft", "distill"}
+RESUMABLE = {"grpo", "sft", "rm", "distill"}
 
 
 def read_json(path: str | Path) -> dict:
