@@ -19,11 +19,18 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
 
     top-k and top-p truncate the distribution that is sampled from; the log-prob returned is
     that of the untruncated tempered distribution, which is what the trainer recomputes.
-    Sampling is by inverse CDF with uniforms drawn on the CPU generator, so a seed gives the
-    same draws on any device.
+    Sampling is by inverse CDF with one uniform per row drawn on the CPU generator, so a seed
+    gives the same draws on any device.
     """
     scaled = logits.float() / params.temperature
     logp = torch.log_softmax(scaled, dim=-1)
+    u = torch.rand(scaled.shape[0], 1, generator=generator, dtype=torch.float64).to(scaled.device)
+    tokens = inverse_cdf(truncated_probs(scaled, params), u)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def truncated_probs(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """softmax(scaled) after top-k and top-p, [B, V]: the tokens they remove have probability 0."""
     filtered = scaled
     if params.top_k and params.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[:, -1:]
@@ -34,10 +41,21 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         drop_sorted = probs_sorted.cumsum(-1) - probs_sorted > params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, float("-inf"))
-    cdf = torch.softmax(filtered, dim=-1).cumsum(-1)
-    u = torch.rand(scaled.shape[0], 1, generator=generator).to(scaled.device) * cdf[:, -1:]
-    tokens = (cdf < u).sum(-1).clamp_(max=scaled.shape[-1] - 1)
-    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    return torch.softmax(filtered, dim=-1)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token of each row whose interval of the CDF of `probs` [B, V] holds u × the row's
+    total, for u [B, 1] in [0, 1). In float64: a token of probability 1e-9 among 152k has an
+    interval of its own (float32 steps by 6e-8 near 1). A token of probability 0 is never
+    drawn, whatever u: its CDF value is held at the one before it (a parallel cumsum may round
+    it up), so its interval is empty, and u × total is kept below the total."""
+    p = probs.double()
+    cdf = torch.where(p > 0, p.cumsum(-1), 0.0).cummax(-1).values
+    total = cdf[:, -1:]
+    v = torch.minimum(u.to(cdf) * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, v, right=True).squeeze(-1)  # the first token whose CDF exceeds v
+    return tokens.clamp_(max=probs.shape[-1] - 1)  # a row with nothing to draw (NaN logits) stays in range
 
 
 class HFEngine:
