@@ -77,8 +77,8 @@ def worker(args) -> dict:
     total = args.steps + args.warmup
     n = args.group_size * PROMPTS_PER_STEP
     overrides = [
-        "log.progress=false", "data.eval=none", "train.save_every=0", f"train.steps={total}", f"train.seed={args.seed}",
-        f"train.threads={args.threads}", "model.device=cpu", "model.dtype=float32", f"model.path={args.model}",
+        "run.progress=false", "data.eval=none", "train.save_every=0", f"train.steps={total}", f"run.seed={args.seed}",
+        f"run.threads={args.threads}", "model.device=cpu", "model.dtype=float32", f"model.path={args.model}",
         f"rollout.group_size={args.group_size}", f"train.prompts_per_step={PROMPTS_PER_STEP}",
         f"train.micro_batch_size={n}", f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.stop=[]",
         "rewards.weights={'scaling:digit_share': 1.0}", "rewards.isolate=false",

@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    cfg = load_config(None, ["log.progress=false", "data.eval=none", "train.save_every=0",
+    cfg = load_config(None, ["run.progress=false", "data.eval=none", "train.save_every=0",
                              f"train.steps={args.steps + args.warmup}", *args.overrides])
     with tempfile.TemporaryDirectory() as tmp:
         trainer = GRPOTrainer(cfg, tmp)

@@ -67,8 +67,8 @@ def peak_rss_mb() -> float:
 
 
 def thinkrl_overrides(total_steps: int, seed: int, threads: int = 0) -> list[str]:
-    return [f"train.threads={threads}", "log.progress=false", "data.eval=none", "train.save_every=0",
-            f"train.steps={total_steps}", f"train.seed={seed}", "model.dtype=float32", "model.device=cpu",
+    return [f"run.threads={threads}", "run.progress=false", "data.eval=none", "train.save_every=0",
+            f"train.steps={total_steps}", f"run.seed={seed}", "model.dtype=float32", "model.device=cpu",
             f"rollout.group_size={G}", f"train.prompts_per_step={PROMPTS_PER_STEP}",
             f"rollout.max_new_tokens={MAX_NEW_TOKENS}", f"rollout.temperature={TEMPERATURE}",
             "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.stop=['{STOP}']",
@@ -103,8 +103,8 @@ MAPPING = [
     ("advantages", "(r - mean) / std per group (std N-1)", "scale_rewards='group': (r - mean) / (std + 1e-4), std N-1"),
     ("precision", "model.dtype=float32, device cpu", "bf16=False, fp16=False, use_cpu=True"),
     ("gradient checkpointing", "none", "gradient_checkpointing=False"),
-    ("seed", "train.seed", "seed (TrainingArguments)"),
-    ("threads", "train.threads=--threads (0: torch default)", "torch.set_num_threads(--threads) (0: torch default)"),
+    ("seed", "run.seed", "seed (TrainingArguments)"),
+    ("threads", "run.threads=--threads (0: torch default)", "torch.set_num_threads(--threads) (0: torch default)"),
 ]
 
 DIFFERENCES = [

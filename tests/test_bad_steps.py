@@ -127,7 +127,7 @@ def test_sft_huge_lr_skips_then_stops_naming_the_lr_and_keeps_finite_checkpoints
 
 def rm_args(qwen2_dir, *extra):
     return ["model.template=none", f"model.path={qwen2_dir}", "train.steps=6", "train.batch_size=8",
-            "data.synthetic_train=64", "data.synthetic_test=16", "log.progress=false", "train.threads=1",
+            "data.synthetic_train=64", "data.synthetic_test=16", "run.progress=false", "run.threads=1",
             "train.warmup_steps=2", *extra]
 
 

@@ -38,3 +38,20 @@ def test_eval_runs_from_a_config_file_and_resume_repeats_it(tmp_path, capsys):
     assert main(["eval", "--out", str(out), "--no-progress"]) == 2  # the directory is that run's
     assert main(["eval", "--resume", "--out", str(out), "--no-progress"]) == 0  # its own config.yaml again
     assert json.loads((out / "results.json").read_text())["benchmarks"]["embedded"]["pass@1"] == first["pass@1"]
+
+
+def test_every_command_has_the_same_run_section_and_old_keys_name_the_new_one():
+    from thinkrl.config import ConfigError, load_config
+    from thinkrl.evaluation.run import EvalRunConfig
+    from thinkrl.pipeline.coldstart import ColdStartConfig
+    from thinkrl.pipeline.reject import RejectConfig
+    from thinkrl.sections import RunOptions
+    from thinkrl.train.reward_model_config import RMConfig
+    from thinkrl.train.sft_config import SFTConfig
+
+    for cls in (DistillConfig, SFTConfig, RMConfig, ColdStartConfig, RejectConfig, EvalRunConfig):
+        assert isinstance(load_into(cls(), None, ["run.threads=1"]).run, RunOptions)
+    assert load_config(None, ["run.seed=3"]).run.seed == 3
+    for old in ("train.seed=1", "train.threads=1", "log.progress=false"):
+        with pytest.raises(ConfigError, match=r"is now 'run\."):
+            load_config(None, [old])

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from thinkrl.sections import RunOptions
 from thinkrl.cli import main as cli_main
 import torch
 
@@ -197,7 +198,7 @@ def test_few_shot_prompts_fit_the_context_and_end_with_the_question():
 
 
 def test_too_many_shots_fail_at_start_with_the_fix(tmp_path):
-    cfg = ColdStartConfig(mode="few_shot", threads=1)
+    cfg = ColdStartConfig(mode="few_shot", run=RunOptions(threads=1))
     cfg.few_shot.shots, cfg.prompts.limit = 8, 4
     with pytest.raises(ConfigError, match="lower few_shot.shots"):
         run_coldstart(cfg, tmp_path)
@@ -207,7 +208,7 @@ def test_too_many_shots_fail_at_start_with_the_fix(tmp_path):
 
 
 def test_run_coldstart_refine_on_the_embedded_model(tmp_path):
-    cfg = ColdStartConfig(threads=1)
+    cfg = ColdStartConfig(run=RunOptions(threads=1))
     cfg.prompts.limit, cfg.sampling.n = 24, 4
     t0 = time.time()
     report = run_coldstart(cfg, tmp_path / "a")
@@ -235,7 +236,7 @@ def test_run_coldstart_refine_on_the_embedded_model(tmp_path):
 
 
 def test_run_coldstart_few_shot_reports_every_sample(tmp_path):
-    cfg = ColdStartConfig(mode="few_shot", threads=1)
+    cfg = ColdStartConfig(mode="few_shot", run=RunOptions(threads=1))
     cfg.prompts.limit, cfg.sampling.n, cfg.sampling.max_new_tokens = 6, 2, 60
     report = run_coldstart(cfg, tmp_path)
     assert report["mode"] == "few_shot" and report["sampled"] == 12
@@ -259,7 +260,7 @@ def test_resolve_model_finds_the_newest_checkpoint_of_a_run(tmp_path, qwen2_dir)
 
 
 def test_cli(tmp_path, capsys):
-    assert cli_main(["coldstart", "--out", str(tmp_path), "prompts.limit=4", "sampling.n=2", "threads=1"]) == 0
+    assert cli_main(["coldstart", "--out", str(tmp_path), "prompts.limit=4", "sampling.n=2", "run.threads=1"]) == 0
     assert "coldstart: kept" in capsys.readouterr().out
     assert cli_main(["coldstart", "--out", str(tmp_path / "bad"), "sampling.n=0"]) == 2
     assert "sampling.n must be >= 1" in capsys.readouterr().err

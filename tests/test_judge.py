@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 
+from thinkrl.sections import RunOptions
 from thinkrl.pipeline.judge import LABELS, UNJUDGED, GenerativeJudge, Verdict, build_judge_prompt, parse_verdict
 from thinkrl.pipeline.reject import RejectConfig, run_reject, select
 
@@ -181,7 +182,7 @@ def test_select_keeps_exactly_what_the_judge_reads_as_correct():
 
 
 def test_run_reject_with_an_untrained_judge_reports_malformed_verdicts(untrained_judge, tmp_path):
-    cfg = RejectConfig(threads=1)
+    cfg = RejectConfig(run=RunOptions(threads=1))
     cfg.prompts.limit, cfg.sampling.n = 6, 2
     cfg.judge.method, cfg.judge.model, cfg.judge.max_new_tokens = "judge", untrained_judge, 16
     report = run_reject(cfg, tmp_path)

@@ -33,7 +33,7 @@ def refused(capsys, code: int, expect: str = "", one_line: bool = False) -> str:
     ("objective.eps_low=.inf", "objective.eps_low must be a finite number"),
     ("optim.betas=[0.9, 1.5]", "optim.betas"),
     ("optim.weight_decay=-0.1", "optim.weight_decay must be >= 0"),
-    ("train.threads=-1", "train.threads=-1"),
+    ("run.threads=-1", "run.threads=-1"),
 ])
 def test_non_finite_or_impossible_numbers_are_refused_at_start(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -60,7 +60,7 @@ def test_a_section_set_to_a_scalar_then_given_a_key_is_refused(tmp_path, capsys)
 
 @pytest.mark.parametrize("override, message", [
     ("model.path=/no/such/model/dir", "model.path '/no/such/model/dir' does not exist"),
-    ("train.threads=-1", "train.threads=-1"),
+    ("run.threads=-1", "run.threads=-1"),
     ("model.device=cuda", "no CUDA GPU"),
 ])
 def test_settings_that_cannot_run_here_are_one_line_before_loading_anything(tmp_path, capsys, override, message):

@@ -39,7 +39,7 @@ def thinkrl(args: list[str], tmp_path: Path, timeout: float) -> subprocess.Compl
         pytest.fail(f"thinkrl {' '.join(args)} did not end within {timeout} s")
 
 
-TINY = ["--steps", "1", "rollout.group_size=2", "train.prompts_per_step=2", "data.eval_size=4", "log.progress=false"]
+TINY = ["--steps", "1", "rollout.group_size=2", "train.prompts_per_step=2", "data.eval_size=4", "run.progress=false"]
 
 
 @pytest.mark.parametrize("command", ["score", "zero"])

@@ -100,8 +100,8 @@ def test_a_reward_model_trains_without_dropout(tmp_path, monkeypatch):
     path, models = _dropout_model_dir(tmp_path / "qwen2", "qwen2"), []
     real = rm.load_reward_backbone
     monkeypatch.setattr(rm, "load_reward_backbone", lambda *a, **k: models.append(real(*a, **k)) or models[-1])
-    args = ["model.template=none", f"model.path={path}", "train.steps=1", "train.batch_size=8", "log.progress=false",
-            "data.synthetic_train=16", "data.synthetic_test=8", "train.threads=1"]
+    args = ["model.template=none", f"model.path={path}", "train.steps=1", "train.batch_size=8", "run.progress=false",
+            "data.synthetic_train=16", "data.synthetic_test=8", "run.threads=1"]
     rm.train_reward_model(rm.load_rm_config(None, args), tmp_path / "rm")
     model = models[0].train()  # the model the pairs were scored with, in the mode they were
     ids = torch.tensor([[5, 9, 12, 7, 3, 8]])

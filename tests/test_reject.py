@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from thinkrl.sections import RunOptions
 from thinkrl.cli import main as cli_main
 
 from thinkrl.config import ConfigError, load_into
@@ -265,7 +266,7 @@ def test_config_errors_say_what_to_change(tmp_path):
 
 def test_run_reject_on_the_embedded_model(tmp_path):
     general = _general_file(tmp_path / "general.jsonl", 200)
-    cfg = RejectConfig(threads=1)
+    cfg = RejectConfig(run=RunOptions(threads=1))
     cfg.prompts.limit, cfg.sampling.n, cfg.keep.max_per_prompt = 24, 4, 2
     cfg.mix.data, cfg.mix.ratio = general, 0.5
     t0 = time.time()
@@ -303,7 +304,7 @@ def test_run_reject_on_the_embedded_model(tmp_path):
 
 def test_cli_writes_the_dataset_and_prints_the_report(tmp_path, capsys):
     assert cli_main(["reject", "--out", str(tmp_path), "--checkpoint", "embedded", "--prompts", "embedded",
-                 "prompts.limit=4", "sampling.n=2", "threads=1"]) == 0
+                 "prompts.limit=4", "sampling.n=2", "run.threads=1"]) == 0
     out = capsys.readouterr().out
     assert "reject: kept" in out and "of 8 samples" in out
     assert (tmp_path / "reject.jsonl").exists() and (tmp_path / "config.yaml").exists()

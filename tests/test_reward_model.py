@@ -106,7 +106,7 @@ def test_shared_prompt_prefix_gives_the_plain_scores_and_gradients(qwen2_dir):
 
 
 # the recommended tiny reward model (configs/rm-tiny.yaml), trained for fewer steps
-QUICK = ["model.template=none", "train.threads=1", "log.progress=false", "train.eval_every=0"]
+QUICK = ["model.template=none", "run.threads=1", "run.progress=false", "train.eval_every=0"]
 
 
 @pytest.fixture(scope="module")
@@ -241,11 +241,11 @@ def test_a_missing_model_param_names_the_setting():
 
 def test_training_is_deterministic_under_a_seed(tmp_path, qwen2_dir):
     args = ["model.template=none", f"model.path={qwen2_dir}", "train.steps=4", "train.batch_size=8",
-            "data.synthetic_train=64", "data.synthetic_test=16", "log.progress=false", "train.threads=1"]
+            "data.synthetic_train=64", "data.synthetic_test=16", "run.progress=false", "run.threads=1"]
     a = train_reward_model(load_rm_config(None, args), tmp_path / "a")
     b = train_reward_model(load_rm_config(None, args), tmp_path / "b")
     assert a["test"] == b["test"] and a["score_center"] == b["score_center"]
-    c = train_reward_model(load_rm_config(None, args + ["train.seed=1"]), tmp_path / "c")
+    c = train_reward_model(load_rm_config(None, args + ["run.seed=1"]), tmp_path / "c")
     assert c["score_center"] != a["score_center"]
 
 

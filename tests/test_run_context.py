@@ -64,7 +64,7 @@ def sft(tmp_path, out, resume=False, **extra):
 
 
 def grpo(qwen2_dir, tmp_path, out, resume=False, **extra):
-    overrides = random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{"train.threads": 1, **extra})
+    overrides = random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{"run.threads": 1, **extra})
     return GRPOTrainer(load_config(None, overrides), out, resume)
 
 

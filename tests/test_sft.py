@@ -236,8 +236,8 @@ def test_lr_schedule_warms_up_then_decays():
 
 def tiny_overrides(data: Path, **extra) -> list[str]:
     base = {"data.train": str(data), "train.epochs": 2, "train.batch_size": 4, "train.micro_batch_size": 2,
-            "optim.lr": 1e-3, "optim.warmup_steps": 2, "train.progress": False, "train.seed": 5,
-            "data.eval_fraction": 0.2, "train.threads": 1}
+            "optim.lr": 1e-3, "optim.warmup_steps": 2, "run.progress": False, "run.seed": 5,
+            "data.eval_fraction": 0.2, "run.threads": 1}
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 

@@ -31,14 +31,14 @@ def test_threads_restored_gives_the_count_back_even_after_an_error(two_threads):
 def test_every_pipeline_stage_kind_gives_the_thread_count_back(two_threads, tmp_path):
     assert all(getattr(fn, "__wrapped__", None) is not None for fn in KINDS.values())
     with pytest.raises(Exception):  # a real stage that sets threads=1 and then fails on its input
-        KINDS["sft"](type("Ctx", (), {"settings": {"train": {"threads": 1}, "data": {"train": "missing.jsonl"}},
+        KINDS["sft"](type("Ctx", (), {"settings": {"run": {"threads": 1}, "data": {"train": "missing.jsonl"}},
                                       "out": tmp_path, "resume": False, "name": "sft"})())
     assert torch.get_num_threads() == 2
 
 
 def test_a_training_run_gives_the_thread_count_back(two_threads, tmp_path, qwen2_dir):
     cfg = load_config(None, random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{
-        "train.steps": 1, "train.threads": 1, "eval.every": 0, "train.save_every": 0}))
+        "train.steps": 1, "run.threads": 1, "eval.every": 0, "train.save_every": 0}))
     trainer = GRPOTrainer(cfg, tmp_path / "run")
     assert torch.get_num_threads() == 1  # the run's own setting while it works
     trainer.run()

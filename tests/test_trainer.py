@@ -31,7 +31,7 @@ def random_model_overrides(model_dir, data, **extra):
         "model.path": str(model_dir), "data.train": str(data), "data.eval": str(data), "data.eval_size": 8,
         "data.question_field": "q", "data.answer_field": "a", "train.prompts_per_step": 2,
         "rollout.group_size": 4, "rollout.max_new_tokens": 8, "eval.max_new_tokens": 8, "train.steps": 4,
-        "train.save_every": 2, "eval.every": 2, "log.progress": False, "train.seed": 3,
+        "train.save_every": 2, "eval.every": 2, "run.progress": False, "run.seed": 3,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -42,7 +42,7 @@ def drop_timing(rows):
 
 
 def test_grpo_raises_reward_on_the_embedded_model(tmp_path):
-    cfg = load_config(None, ["train.steps=30", "eval.every=0", "data.eval=none", "log.progress=false",
+    cfg = load_config(None, ["train.steps=30", "eval.every=0", "data.eval=none", "run.progress=false",
                              "train.save_every=0", "optim.lr=3e-5"])
     summary = GRPOTrainer(cfg, tmp_path).run()
     rows = read_metrics(tmp_path)[1:]

@@ -31,6 +31,7 @@ from pathlib import Path
 from .config import ConfigError, describe, load_config, load_into, parse_overrides, to_yaml
 from .data import DataError
 from .rundir import RunDirError, claim, latest_run, run_claimed, write_text_atomic
+from .train.loop import set_threads, threads_restored
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,15 @@ COMMANDS: dict[str, Command] = {
     "zero": Command("R1-Zero GRPO on the embedded tiny model and task (the main job)", ".cli:_grpo",
                     (Flag("--steps", "override train.steps", key="train.steps", type=int),
                      Flag("--profile", "time each phase of a step precisely (CUDA sync)", key="train.profile",
-                          value="true")), progress="log.progress", claims=False),
+                          value="true")), claims=False),
     "train": Command("GRPO on any transformers causal LM from a YAML config", ".cli:_grpo",
                      (Flag("--steps", "override train.steps", key="train.steps", type=int),
                       Flag("--profile", "time each phase of a step precisely (CUDA sync)", key="train.profile",
-                           value="true")), progress="log.progress", claims=False, config_help="see configs/"),
+                           value="true")), claims=False, config_help="see configs/"),
     "sft": Command("supervised fine-tuning (response tokens only, packing, chat templates)", ".train.sft:command",
-                   progress="train.progress", load=".train.sft_config:load_sft_config", config_help="sections model, data, optim, train (configs/sft-tiny.yaml)"),
+                   load=".train.sft_config:load_sft_config", config_help="sections model, data, optim, train (configs/sft-tiny.yaml)"),
     "rm": Command("train a Bradley-Terry reward model on preference pairs", ".train.reward_model:command",
-                  progress="log.progress", load=".train.reward_model_config:load_rm_config", config_help="sections model, data, train, log (configs/rm-tiny.yaml)"),
+                  load=".train.reward_model_config:load_rm_config", config_help="sections model, data, train, log (configs/rm-tiny.yaml)"),
     "distill": Command(
         "distil a teacher into a student by SFT (or on-policy, reverse KL)", ".distill.run:command",
         (Flag("--teacher", "teacher model: a directory, a hub id or 'embedded'", key="teacher.path"),
@@ -104,10 +105,10 @@ COMMANDS: dict[str, Command] = {
               type=int),
          Flag("--template", "r1_zero, chat, none, or a string with {prompt}", key="eval.template"),
          Flag("--batch-size", "completions per generation call (default 64)", key="eval.batch_size", type=int),
-         Flag("--seed", "default 0", key="eval.seed", type=int),
+         Flag("--seed", "default 0", key="run.seed", type=int),
          Flag("--data-dir", "where the benchmark files are (default $THINKRL_DATA)", key="data_dir"),
          Flag("--device", "auto, cpu, cuda", key="device")),
-        progress="progress", config_help="model, benchmarks, data_dir, device, progress, eval (the protocol)"),
+        config_help="model, benchmarks, data_dir, device, eval (the protocol), run"),
     "pipeline": Command(
         "the four-stage R1 pipeline and distillation, as a cached, resumable graph", ".pipeline.run:command",
         (Flag("--only", "run only this stage and its inputs (repeatable)", action="append", default=[]),
@@ -296,14 +297,17 @@ def _eval(args, out: Path, config: str | None) -> int:
         print(f"thinkrl eval: {e}", file=sys.stderr)
         return 2
     cfg.benchmarks = [b.strip() for arg in cfg.benchmarks for b in str(arg).split(",") if b.strip()]
+    cfg.eval.seed = cfg.run.seed
     problems = eval_problems(cfg)
     if problems:
         print("thinkrl eval: " + "; ".join(problems), file=sys.stderr)
         return 2
     try:
         write_text_atomic(out / "config.yaml", to_yaml(cfg))  # --resume evaluates again with these settings
-        results = run_eval(cfg.model, cfg.benchmarks, out, cfg.eval, data_dir=cfg.data_dir, device=cfg.device,
-                           show_progress=cfg.progress)
+        with threads_restored():
+            set_threads(cfg.run.threads)
+            results = run_eval(cfg.model, cfg.benchmarks, out, cfg.eval, data_dir=cfg.data_dir, device=cfg.device,
+                               show_progress=cfg.run.progress)
     except (DataError, ValueError, OSError) as e:
         print(f"thinkrl eval: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ import yaml
 from . import checks
 from .checks import ConfigError
 from .rewards.settings import reward_problems
-from .sections import EvalProtocol
+from .sections import EvalProtocol, MOVED, RunOptions, run_problems
 
 
 @dataclass
@@ -96,10 +96,8 @@ class TrainConfig:
     steps: int = 150
     prompts_per_step: int = 8  # questions per step; completions per step = prompts_per_step × G
     micro_batch_size: int = 64  # completions per forward/backward (gradient accumulation beyond)
-    seed: int = 0
     save_every: int = 50
     keep_checkpoints: int = 2
-    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
     max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss, gradient or reward
     on_checkpoint_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
     profile: bool = False
@@ -115,7 +113,6 @@ class EvalConfig(EvalProtocol):
 class LogConfig:
     tensorboard: bool = False
     wandb_project: str | None = None
-    progress: bool = True
 
 
 @dataclass
@@ -128,6 +125,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunOptions = field(default_factory=RunOptions)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -202,6 +200,8 @@ def _apply(obj, values: dict, prefix: str = "") -> None:
     for key, value in values.items():
         where = f"{prefix}{key}"
         if key not in names:
+            if where in MOVED:
+                raise ConfigError(f"'{where}' is now '{MOVED[where]}' (the run section every command shares)")
             raise ConfigError(f"unknown config key '{where}'" + checks.suggest(key, names))
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
@@ -336,7 +336,7 @@ def validate(cfg: Config) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1 (the newest complete checkpoint is always kept)")
     need(e.samples >= 1, "eval.samples must be >= 1")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r}: use auto, float32 or bfloat16")
-    need(t.threads >= 0, f"train.threads={t.threads}: give a number of CPU threads >= 1, or 0 for torch's default")
+    errors += run_problems(cfg.run)
     need(opt.weight_decay >= 0, "optim.weight_decay must be >= 0")
     need(all(0 <= b < 1 for b in opt.betas), f"optim.betas {list(opt.betas)}: each must be in [0, 1), e.g. [0.9, 0.99]")
     need(cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all)")

@@ -1,5 +1,6 @@
 """Config sections that several commands share, declared once.
 
+`RunOptions` is the `run` section of every command (seed, threads, progress).
 `EvalProtocol` is the R1 evaluation protocol's sampling: answers are sampled (temperature
 0.6, top-p 0.95), never greedy, `samples` per question, and accuracy is their mean (pass@1).
 GRPO's `eval` section (`config.EvalConfig`), distillation's (`distill.config.DistillEvalConfig`)
@@ -9,6 +10,25 @@ and `thinkrl eval` (`evaluation.run.EvalSettings`) extend it with their own keys
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass
+class RunOptions:
+    """The `run` section every command has: how this process runs, never what it computes
+    (but the seed)."""
+    seed: int = 0
+    threads: int = 0  # CPU threads for torch; 0 = leave torch's default (given back when the run ends)
+    progress: bool = True  # the progress bar with its live line (--no-progress: logs only)
+
+
+def run_problems(r: RunOptions) -> list[str]:
+    return [] if r.threads >= 0 else [f"run.threads={r.threads}: give a number of CPU threads >= 1, or 0 for "
+                                      "torch's default"]
+
+
+# keys that moved into the shared `run` section: an old config names the new key
+MOVED = {f"{section}.{key}": f"run.{key}" for section in ("train", "log") for key in ("seed", "threads", "progress")}
+MOVED.update({"threads": "run.threads", "seed": "run.seed", "progress": "run.progress"})
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..sections import RunOptions
 from ..config import ConfigError, load_into
 from ..sections import EvalProtocol
 from ..train.sft_config import SFTConfig, validate_sft
@@ -85,11 +86,7 @@ class DistillEvalConfig(EvalProtocol):
     every: int = 25  # on-policy: evaluate every N steps (and at start and end); 0 = start/end only
 
 
-@dataclass
-class RunConfig:
-    seed: int = 0
-    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
-    progress: bool = True
+RunConfig = RunOptions  # the run section every command shares
 
 
 class DistillError(ValueError):
@@ -184,7 +181,7 @@ def sft_config(cfg: DistillConfig, train: str | Path):
     s.model.path, s.model.tokenizer = cfg.student.path, cfg.student.tokenizer
     s.model.device, s.model.dtype = cfg.student.device, cfg.student.dtype
     s.data.train, s.data.template = str(train), cfg.data.template
-    s.train.progress = s.train.progress and cfg.run.progress
+    s.run.progress = s.run.progress and cfg.run.progress
     return s
 
 

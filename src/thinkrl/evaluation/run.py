@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import has_reflection, mean
-from ..sections import EvalProtocol
+from ..sections import EvalProtocol, RunOptions, run_problems
 from .estimators import default_ks, mean_and_se, pass_at_1, pass_at_k_table
 
 
@@ -210,8 +210,8 @@ class EvalRunConfig:
     benchmarks: list[str] = field(default_factory=lambda: ["embedded"])  # see evaluation.benchmarks
     data_dir: str | None = None  # the benchmark files (default $THINKRL_DATA)
     device: str = "auto"
-    progress: bool = True
     eval: EvalSettings = field(default_factory=EvalSettings)
+    run: RunOptions = field(default_factory=RunOptions)  # run.seed is the sampling seed
 
 
 def eval_problems(cfg: EvalRunConfig) -> list[str]:
@@ -221,6 +221,7 @@ def eval_problems(cfg: EvalRunConfig) -> list[str]:
               if v is not None and v < 1]
     if not (s.temperature > 0 and 0 < s.top_p <= 1):
         errors.append("eval.temperature must be > 0 (the R1 protocol samples, never greedy) and eval.top_p in (0, 1]")
+    errors += run_problems(cfg.run)
     if not cfg.benchmarks:
         errors.append("benchmarks is empty: name at least one (--benchmark embedded)")
     return errors

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
 from ..data import DataError, load_dataset
+from ..sections import RunOptions, run_problems
 from .readable import (ReadableConfig, build_few_shot_rows, embedded_worked_example, few_shot_prompt,
                        load_worked_examples, readable, validate_readable)
 
@@ -96,12 +97,12 @@ class ColdStartConfig:
     model: str = "embedded"  # an R1-Zero run or checkpoint directory, any model directory, or "embedded"
     mode: str = "refine"  # refine | few_shot
     device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 = leave the default
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     few_shot: FewShotConfig = field(default_factory=FewShotConfig)
     readable: ReadableConfig = field(default_factory=ReadableConfig)
     keep: KeepConfig = field(default_factory=KeepConfig)
+    run: RunOptions = field(default_factory=RunOptions)  # seed: sampling.seed
 
 
 def validate_prompts_sampling(p: PromptsConfig, s: SamplingConfig) -> list[str]:
@@ -131,8 +132,7 @@ def validate(cfg: ColdStartConfig) -> None:
         errors.append(f"few_shot.shots must be >= 1, got {cfg.few_shot.shots}")
     if cfg.keep.max_per_prompt < 0 or cfg.keep.max_tokens < 0:
         errors.append("keep.max_per_prompt and keep.max_tokens must be >= 0 (0 = no cap / the model's context)")
-    if cfg.threads < 0:
-        errors.append("threads must be >= 0")
+    errors += run_problems(cfg.run)
     t = cfg.keep.template
     if t not in ("r1_zero", "chat", "none") and "{prompt}" not in t:
         errors.append(f"keep.template {t!r}: use r1_zero, chat, none or a string with {{prompt}}")
@@ -246,8 +246,8 @@ def run_coldstart(cfg: ColdStartConfig, out_dir: str | Path) -> dict:
     from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
 
     validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
 from ..data import DataError
+from ..sections import RunOptions, run_problems
 from .coldstart import (PromptsConfig, SamplingConfig, format_report, load_prompts, per_prompt_histogram,
                         resolve_model, validate_prompts_sampling, write_jsonl)
 from .judge import UNJUDGED, GenerativeJudge, Verdict
@@ -91,14 +92,13 @@ class MixConfig:
 class RejectConfig:
     checkpoint: str = "embedded"  # the stage-2 model: a run or checkpoint directory, a model, "embedded"
     device: str = "auto"
-    seed: int = 0  # the mix's draw and shuffle (sampling has its own sampling.seed)
-    threads: int = 0  # torch CPU threads; 0 = leave the default
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(n=8, temperature=0.7, top_p=0.95))
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     keep: RejectKeepConfig = field(default_factory=RejectKeepConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    run: RunOptions = field(default_factory=RunOptions)  # seed: the mix's draw and shuffle (sampling.seed samples)
 
 
 def validate(cfg: RejectConfig) -> None:
@@ -130,8 +130,7 @@ def validate(cfg: RejectConfig) -> None:
         errors.append(f"mix.ratio must be >= 0, got {m.ratio}")
     if m.ratio > 0 and m.data == "none":
         errors.append(f"mix.ratio is {m.ratio} but mix.data is none; give a JSONL of prompt/response rows or set mix.ratio=0")
-    if cfg.threads < 0:
-        errors.append("threads must be >= 0")
+    errors += run_problems(cfg.run)
     if errors:
         raise ConfigError("invalid rejection-sampling configuration:\n  - " + "\n  - ".join(errors))
 
@@ -271,8 +270,8 @@ def run_reject(cfg: RejectConfig, out_dir: str | Path) -> dict:
     from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
 
     validate(cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     t0 = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +296,7 @@ def run_reject(cfg: RejectConfig, out_dir: str | Path) -> dict:
     skipped = len(prompts) * s.n - len(samples)
     if skipped:
         dropped["prompt_too_long"] += skipped
-    rows, mix_counts = mix(kept, general, cfg.mix.ratio, cfg.seed)
+    rows, mix_counts = mix(kept, general, cfg.mix.ratio, cfg.run.seed)
     write_jsonl(rows, out_dir / "reject.jsonl")
     sampled = len(prompts) * s.n
     levels: dict = {}

@@ -67,7 +67,7 @@ class GRPOTrainer(GRPORun):
     @setup
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, t = cfg, cfg.train
-        self.begin(run_dir, t.seed, t.threads, t.max_bad_steps, on_checkpoint_error=t.on_checkpoint_error,
+        self.begin(run_dir, cfg.run.seed, cfg.run.threads, t.max_bad_steps, on_checkpoint_error=t.on_checkpoint_error,
                    checkpoint_error_setting="train.on_checkpoint_error")
         # under torchrun: join the process group (one process: nothing changes)
         self.device = distributed.init(resolve_device(cfg.model.device))
@@ -98,8 +98,8 @@ class GRPOTrainer(GRPORun):
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        self.sampler = PromptSampler(len(self.train_rows), t.seed)
-        self.generator = torch.Generator().manual_seed(t.seed + self.rank * 1_000_003)  # rank 0: as one process
+        self.sampler = PromptSampler(len(self.train_rows), cfg.run.seed)
+        self.generator = torch.Generator().manual_seed(cfg.run.seed + self.rank * 1_000_003)  # rank 0: as one process
         self.track(self.policy, self.tokenizer, self.optimizer, self.scheduler, self.sampler, self.generator,
                    keep=t.keep_checkpoints)
         self.open(resume, cfg.to_yaml(), cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
@@ -324,7 +324,7 @@ class GRPOTrainer(GRPORun):
             distributed.barrier()
             return {}
         t = time.perf_counter()
-        out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.train.seed + 1)
+        out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.run.seed + 1)
         out["timing/eval"] = time.perf_counter() - t
         distributed.barrier()
         return out
@@ -333,7 +333,7 @@ class GRPOTrainer(GRPORun):
     def run(self) -> dict:
         t = self.cfg.train
         error = self.drive(self._logged_step, t.steps, t.save_every, first=lambda: {"step": 0, **self.evaluate()},
-                           show=self.cfg.log.progress)
+                           show=self.cfg.run.progress)
         return self.write_summary(self.interrupted, error)
 
     def _logged_step(self) -> tuple[dict, dict]:

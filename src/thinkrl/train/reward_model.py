@@ -145,13 +145,13 @@ class RMTrainer(TrainingRun):
     def __init__(self, cfg: RMConfig, out: str | Path, resume: bool = False, show_progress: bool | None = None):
         self.cfg, self.t0 = cfg, time.time()
         m, d, t = cfg.model, cfg.data, cfg.train
-        self.begin(out, t.seed, t.threads, t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")
-        self.show_progress = cfg.log.progress if show_progress is None else show_progress
+        self.begin(out, cfg.run.seed, cfg.run.threads, t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")
+        self.show_progress = cfg.run.progress if show_progress is None else show_progress
         self.device = resolve_device(m.device)
-        train, test, self.rule = load_data(d, t.seed)
+        train, test, self.rule = load_data(d, cfg.run.seed)
         self.verdicts = rule_verdicts(test, self.rule) if self.rule != "none" and test else None
         self.tok = load_tokenizer(m.tokenizer or m.path)
-        self.model = load_reward_backbone(m.path, self.device, m.layers, t.seed, m.init, m.hidden_size, m.attention)
+        self.model = load_reward_backbone(m.path, self.device, m.layers, cfg.run.seed, m.init, m.hidden_size, m.attention)
         disable_dropout(self.model)  # both responses of a pair scored by the same function, as the policy trainers
         self.model.config.pad_token_id = self.tok.pad_token_id
         limit = d.max_tokens or int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
@@ -163,7 +163,7 @@ class RMTrainer(TrainingRun):
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.steps, t.warmup_steps, t.schedule))
-        self.batches = _Batches(len(self.train_enc), t.batch_size, t.seed)
+        self.batches = _Batches(len(self.train_enc), t.batch_size, cfg.run.seed)
         self.evals, self.last_loss = {}, None  # the newest held-out metrics; the last step's loss
         self.track(self.model, self.tok, self.optimizer, self.scheduler, self.batches, keep=t.keep_checkpoints)
         self.open(resume, to_yaml(cfg), cfg.log.tensorboard, cfg.log.wandb_project, asdict(cfg))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..sections import RunOptions, run_problems
 from ..config import ConfigError, load_into
 from ..template import render
 
@@ -53,8 +54,6 @@ class RMTrainConfig:
     warmup_steps: int = 20
     schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
     max_grad_norm: float = 1.0
-    seed: int = 0
-    threads: int = 0  # CPU threads for torch; 0 = leave torch's default
     eval_every: int = 250  # held-out accuracy every N steps (and at the end); 0 = at the end only
     eval_batch_size: int = 256  # sequences per scoring forward
     max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss or gradient
@@ -64,7 +63,6 @@ class RMTrainConfig:
 
 @dataclass
 class RMLogConfig:
-    progress: bool = True
     tensorboard: bool = False
     wandb_project: str | None = None
 
@@ -75,6 +73,7 @@ class RMConfig:
     data: RMDataConfig = field(default_factory=RMDataConfig)
     train: RMTrainConfig = field(default_factory=RMTrainConfig)
     log: RMLogConfig = field(default_factory=RMLogConfig)
+    run: RunOptions = field(default_factory=RunOptions)
 
 
 def validate(cfg: RMConfig) -> None:
@@ -109,7 +108,7 @@ def validate(cfg: RMConfig) -> None:
          f"train.schedule {t.schedule!r}: use constant, linear or cosine")
     need(t.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 turns clipping off)")
     need(t.eval_every >= 0, "train.eval_every must be >= 0 (0 = at the end only)")
-    need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+    errors += run_problems(cfg.run)
     need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     need(t.save_every >= 0, "train.save_every must be >= 0 (0 = a checkpoint at the end only)")
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")

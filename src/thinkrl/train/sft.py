@@ -68,7 +68,7 @@ class SFTTrainer(TrainingRun):
         validate_sft(cfg)
         self.cfg = cfg
         d, t, o = cfg.data, cfg.train, cfg.optim
-        self.begin(run_dir, t.seed, t.threads, t.max_bad_steps)
+        self.begin(run_dir, cfg.run.seed, cfg.run.threads, t.max_bad_steps)
         self.device = resolve_device(cfg.model.device)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.model = load_model(cfg.model.path, self.device)
@@ -83,7 +83,7 @@ class SFTTrainer(TrainingRun):
             check_packing(self.model, self.device)
 
         rows, bad = read_rows(d.train, d)
-        rows, eval_rows = split_rows(rows, d.eval_fraction, t.seed)
+        rows, eval_rows = split_rows(rows, d.eval_fraction, cfg.run.seed)
         self.train, enc = self._encode(rows, d.train)
         self.skipped = {"bad_rows": bad + enc["bad_rows"], "too_long": enc["too_long"]}  # counted, in the summary
         if d.eval:
@@ -102,7 +102,7 @@ class SFTTrainer(TrainingRun):
                                            weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, self.total_steps, warmup, o.schedule))
-        self.sampler = PromptSampler(len(self.train), t.seed)  # the seeded order of each epoch, resumable
+        self.sampler = PromptSampler(len(self.train), cfg.run.seed)  # the seeded order of each epoch, resumable
         self.tokens = 0
         self.window = [0.0, 0]  # NLL sum and response tokens since the last metrics line
         self.track(self.model, self.tokenizer, self.optimizer, self.scheduler, self.sampler, keep=t.keep_checkpoints)
@@ -178,7 +178,7 @@ class SFTTrainer(TrainingRun):
     def run(self) -> dict:
         t = self.cfg.train
         first = (lambda: {"step": 0, "epoch": 0.0, "eval/loss": self.eval_loss()}) if self.eval else None
-        error = self.drive(self._logged_step, self.total_steps, t.save_every, first=first, show=t.progress)
+        error = self.drive(self._logged_step, self.total_steps, t.save_every, first=first, show=self.cfg.run.progress)
         final = None if self.interrupted else self.save_final()
         return self._summary(final, self.interrupted, error)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, load_into
+from ..sections import RunOptions, run_problems
 
 
 @dataclass
@@ -48,14 +49,11 @@ class SFTTrainConfig:
     packing: bool = False  # several samples per row, attention kept inside each
     pack_length: int | None = None  # tokens per packed row; None = data.max_length
     share_prefix: bool = True  # unpacked: run a micro-batch's common prompt head once (exact; ~2x on r1_zero data)
-    seed: int = 0
     save_every: int = 200  # steps; 0 = at the end only
     keep_checkpoints: int = 2
     eval_every: int = 0  # held-out loss every N steps (and at start and end); 0 = start and end only
-    threads: int = 0  # CPU threads for torch; 0 = torch's default
     log_every: int = 1  # a metrics line every N steps (loss averaged over them)
     max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf loss or gradient
-    progress: bool = True
 
 
 @dataclass
@@ -64,6 +62,7 @@ class SFTConfig:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
+    run: RunOptions = field(default_factory=RunOptions)
 
 
 def validate_sft(cfg: SFTConfig) -> None:
@@ -107,7 +106,7 @@ def validate_sft(cfg: SFTConfig) -> None:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
     need(t.log_every >= 1, "train.log_every must be >= 1")
     need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
-    need(t.threads >= 0, "train.threads must be >= 0 (0 = torch's default)")
+    errors += run_problems(cfg.run)
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r}: use auto, float32 "
          "or bfloat16")
     if errors:
