@@ -189,14 +189,7 @@ class OnPolicyDistiller(TrainingRun):
         kl = self.kl_sum(batch, grad=True, normaliser=n_tok)  # loss = mean over the batch's completion tokens
         norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), op.max_grad_norm or float("inf"))
         cause = nonfinite_cause(kl / max(n_tok, 1), float(norm))
-        if cause:  # never apply a NaN/inf update; the schedule still counts the step
-            log.warning("step %d skipped: %s", self.step + 1, cause)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.bad.record(cause)
-        self.step += 1
+        self.update_or_skip(cause)  # never a NaN/inf update; the schedule counts the step
         rows = [self.rows[i] for i in idx for _ in range(op.samples_per_prompt)]
         m = {"step": self.step, "reverse_kl": kl / max(n_tok, 1), "grad_norm": float(norm),
              "lr": self.scheduler.get_last_lr()[0], "completion_len": n_tok / len(ro),

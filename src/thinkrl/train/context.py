@@ -121,6 +121,19 @@ class TrainingRun:
         self._model, self._tokenizer, self._optimizer, self._scheduler = model, tokenizer, optimizer, scheduler
         self._sampler, self._generator, self._keep = sampler, generator, keep
 
+    def update_or_skip(self, cause: str) -> None:
+        """The end of one step: the optimizer step, or, for a NaN/inf loss or gradient (`cause`),
+        none at all (the gradients are dropped); the schedule counts the step either way, as
+        `BadSteps` does. GRPO, whose step may hold μ updates, does this itself."""
+        if cause:
+            log.warning("step %d skipped: %s", self.step + 1, cause)
+            self._optimizer.zero_grad(set_to_none=True)
+        else:
+            self._optimizer.step()
+        self._scheduler.step()
+        self.bad.record(cause)
+        self.step += 1
+
     def open(self, resume: bool, config_yaml: str | None = None, tensorboard: bool = False,
              wandb_project: str | None = None, config: dict | None = None) -> None:
         """The metrics (rank 0 writes them); on --resume, continue from the newest intact

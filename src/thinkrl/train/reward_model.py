@@ -204,14 +204,7 @@ class RMTrainer(TrainingRun):
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf")))
         cause = nonfinite_cause(loss.item(), gnorm)
-        if cause:  # never apply a NaN/inf update; the schedule still counts the step
-            log.warning("step %d skipped: %s", self.step + 1, cause)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.bad.record(cause)
-        self.step += 1
+        self.update_or_skip(cause)  # never a NaN/inf update; the schedule counts the step
         self.last_loss = loss.item()
         row = {"step": self.step, "loss": loss.item(),
                "accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),

@@ -144,15 +144,9 @@ class SFTTrainer(TrainingRun):
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         cause = nonfinite_cause(nll_sum / norm, grad_norm)
-        if cause:  # never apply a NaN/inf update (thinkrl.train.loop.BadSteps: the policy of every loop)
-            log.warning("step %d skipped: %s", self.step + 1, cause)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
+        if not cause:
             self.window = [self.window[0] + nll_sum, self.window[1] + norm]  # the loss of the steps taken
-        self.scheduler.step()  # the schedule counts the steps the run meant to take, skipped ones too
-        self.bad.record(cause)
-        self.step += 1
+        self.update_or_skip(cause)  # never a NaN/inf update; the schedule counts the step
         self.tokens += tokens
         epoch = min(self.step * t.batch_size, self.total_samples) / len(self.train)  # epochs done
         return {"step": self.step, "epoch": round(epoch, 4),
