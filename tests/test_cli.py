@@ -55,3 +55,20 @@ def test_every_command_has_the_same_run_section_and_old_keys_name_the_new_one():
     for old in ("train.seed=1", "train.threads=1", "log.progress=false"):
         with pytest.raises(ConfigError, match=r"is now 'run\."):
             load_config(None, [old])
+
+
+def test_the_model_and_sampling_sections_are_declared_once():
+    from thinkrl.config import Config
+    from thinkrl.pipeline.coldstart import ColdStartConfig
+    from thinkrl.pipeline.reject import RejectConfig
+    from thinkrl.sections import EvalProtocol, ModelSection, Sampling
+    from thinkrl.train.reward_model_config import RMConfig
+    from thinkrl.train.sft_config import SFTConfig
+
+    d = DistillConfig()
+    for model in (Config().model, SFTConfig().model, RMConfig().model, d.teacher, d.student):
+        assert isinstance(model, ModelSection)
+    for sampling in (Config().rollout, ColdStartConfig().sampling, RejectConfig().sampling, d.sample, Config().eval,
+                     d.eval):
+        assert isinstance(sampling, Sampling)
+    assert isinstance(Config().eval, EvalProtocol) and isinstance(d.eval, EvalProtocol)

@@ -19,15 +19,11 @@ import yaml
 from . import checks
 from .checks import ConfigError
 from .rewards.settings import reward_problems
-from .sections import EvalProtocol, MOVED, RunOptions, run_problems
+from .sections import EvalProtocol, MOVED, ModelSection, RunOptions, Sampling, run_problems
 
 
 @dataclass
-class ModelConfig:
-    path: str = "embedded"  # "embedded" (the packaged tiny model), a local directory or a hub id
-    tokenizer: str | None = None  # defaults to `path`
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
-    device: str = "auto"  # auto: cuda when available, else cpu
+class ModelConfig(ModelSection):
     template: str = "r1_zero"  # r1_zero (verbatim R1-Zero prompt), chat, none, or a string with {prompt}
 
 
@@ -45,13 +41,10 @@ class DataConfig:
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(Sampling):  # temperature 1.0, top_p 1.0, max_new_tokens 80
     engine: str = "hf"  # hf: batched sampling with a KV cache through transformers
     group_size: int = 8  # G, samples per question
-    temperature: float = 1.0
-    top_p: float = 1.0
     top_k: int = 0  # 0 = off
-    max_new_tokens: int = 80
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
 
 

@@ -1,6 +1,6 @@
 """Config sections that several commands share, declared once.
 
-`RunOptions` is the `run` section of every command (seed, threads, progress).
+`ModelSection` is what a command loads, `Sampling` how it samples, `RunOptions` the `run` section of every command (seed, threads, progress).
 `EvalProtocol` is the R1 evaluation protocol's sampling: answers are sampled (temperature
 0.6, top-p 0.95), never greedy, `samples` per question, and accuracy is their mean (pass@1).
 GRPO's `eval` section (`config.EvalConfig`), distillation's (`distill.config.DistillEvalConfig`)
@@ -10,6 +10,25 @@ and `thinkrl eval` (`evaluation.run.EvalSettings`) extend it with their own keys
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass
+class ModelSection:
+    """The model a command loads: GRPO's `model`, SFT's, distillation's teacher and student,
+    the reward model's starting point (each may add keys of its own)."""
+    path: str = "embedded"  # "embedded" (the packaged tiny model), a local directory or a hub id
+    tokenizer: str | None = None  # None: path's own
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass
+class Sampling:
+    """How completions are drawn (each command's sampling section extends it: GRPO's rollout,
+    cold start's and rejection sampling's, the teacher's, the evaluation protocol)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 80
 
 
 @dataclass
@@ -32,7 +51,7 @@ MOVED.update({"threads": "run.threads", "seed": "run.seed", "progress": "run.pro
 
 
 @dataclass
-class EvalProtocol:
+class EvalProtocol(Sampling):
     temperature: float = 0.6  # R1 protocol: sampling, never greedy
     top_p: float = 0.95
     samples: int = 1  # samples per question; accuracy is their mean (pass@1)

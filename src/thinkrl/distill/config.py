@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..sections import RunOptions
+from ..sections import ModelSection, RunOptions, Sampling
 from ..config import ConfigError, load_into
 from ..sections import EvalProtocol
 from ..train.sft_config import SFTConfig, validate_sft
@@ -19,12 +19,7 @@ from ..train.sft_config import SFTConfig, validate_sft
 FORMATS = ("format", "format_lenient", "none")
 
 
-@dataclass
-class ModelRef:
-    path: str = "embedded"  # "embedded", a local directory or a hub id
-    tokenizer: str | None = None  # defaults to `path`
-    device: str = "auto"
-    dtype: str = "auto"  # auto | float32 | bfloat16 (autocast on CUDA)
+ModelRef = ModelSection  # teacher and student: the shared model section
 
 
 @dataclass
@@ -43,7 +38,7 @@ class DistillDataConfig:
 
 
 @dataclass
-class TeacherSampling:
+class TeacherSampling(Sampling):
     n: int = 4  # samples per prompt
     temperature: float = 0.7  # R1 stage 3 sampled at 0.6-0.7
     top_p: float = 0.95

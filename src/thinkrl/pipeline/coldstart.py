@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..config import ConfigError, load_into, to_yaml
 from ..data import DataError, load_dataset
-from ..sections import RunOptions, run_problems
+from ..sections import RunOptions, Sampling, run_problems
 from .readable import (ReadableConfig, build_few_shot_rows, embedded_worked_example, few_shot_prompt,
                        load_worked_examples, readable, validate_readable)
 
@@ -67,10 +67,8 @@ class PromptsConfig:
 
 
 @dataclass
-class SamplingConfig:
+class SamplingConfig(Sampling):  # temperature 1.0, top_p 1.0
     n: int = 4  # samples per prompt
-    temperature: float = 1.0
-    top_p: float = 1.0
     max_new_tokens: int = 120
     batch_size: int = 256  # completions per generate call
     seed: int = 0

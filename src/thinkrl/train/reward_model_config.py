@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..sections import RunOptions, run_problems
+from ..sections import ModelSection, RunOptions, run_problems
 from ..config import ConfigError, load_into
 from ..template import render
 
@@ -15,10 +15,8 @@ RULES = ("auto", "none", "helpfulness", "harmlessness")
 
 
 @dataclass
-class RMModelConfig:
-    path: str = "embedded"  # the model to start from ("embedded", a directory, a hub id); with init=random, whose
-    #                         architecture and vocabulary a fresh model takes
-    tokenizer: str | None = None  # defaults to `path`
+class RMModelConfig(ModelSection):  # path: the model to start from; with init=random, whose architecture and
+    #                                      vocabulary a fresh model takes
     init: str = "random"  # pretrained: path's weights (LM head replaced) | random: a fresh model sized below
     layers: int = 2  # pretrained: keep the first N decoder layers; random: N layers; 0 = as many as path has
     hidden_size: int = 32  # random only: the width (MLP 4×, path's head count); 0 = path's
@@ -27,8 +25,6 @@ class RMModelConfig:
     #                         the tiny model 0.953 -> 0.900 held-out accuracy at twice the time
     attention: str = "auto"  # transformers attention: auto (eager on CPU, where it made tiny-model steps ~30% faster
     #                          than sdpa; the model's default elsewhere) | eager | sdpa
-    device: str = "auto"
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
 
 
 @dataclass

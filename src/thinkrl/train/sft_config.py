@@ -6,15 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import ConfigError, load_into
-from ..sections import RunOptions, run_problems
+from ..sections import ModelSection, RunOptions, run_problems
 
 
-@dataclass
-class SFTModelConfig:
-    path: str = "embedded"  # "embedded", a local directory or a hub id
-    tokenizer: str | None = None  # None = path (a distillation student keeps its own tokenizer)
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
-    device: str = "auto"
+SFTModelConfig = ModelSection  # the shared model section (a distillation student keeps its own tokenizer)
 
 
 @dataclass
