@@ -55,3 +55,15 @@ def qwen2_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run fastest on one torch thread, and the machine is shared; the count is
+    given back afterwards. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

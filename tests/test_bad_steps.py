@@ -23,12 +23,7 @@ from thinkrl.train.sft import SFTTrainer, load_sft_config, run_sft
 from .test_sft import task_rows, tiny_overrides, write_jsonl
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, given back
 
 
 def nan_at(steps: set, step_of):

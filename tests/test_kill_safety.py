@@ -10,17 +10,11 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from thinkrl.distill.run import load_distill_config, run_distill
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, given back
 
 
 def test_distill_resumes_past_a_filter_file_cut_short_by_a_kill(tmp_path):
