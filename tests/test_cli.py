@@ -8,7 +8,7 @@ import json
 import pytest
 
 from thinkrl.cli import COMMANDS, main, parse
-from thinkrl.config import load_into
+from thinkrl.config_io import load_into
 from thinkrl.distill.config import DistillConfig
 
 

@@ -14,7 +14,8 @@ from thinkrl.sections import RunOptions
 from thinkrl.cli import main as cli_main
 import torch
 
-from thinkrl.config import ConfigError, load_into
+from thinkrl.config import ConfigError
+from thinkrl.config_io import load_into
 from thinkrl.pipeline.coldstart import (ColdStartConfig, ReadableConfig, build_few_shot_rows, embedded_worked_example,
                                         few_shot_prompt, load_prompts, load_worked_examples, readable,
                                         resolve_model, run_coldstart, select, validate)

@@ -12,7 +12,8 @@ import pytest
 from thinkrl.sections import RunOptions
 from thinkrl.cli import main as cli_main
 
-from thinkrl.config import ConfigError, load_into
+from thinkrl.config import ConfigError
+from thinkrl.config_io import load_into
 from thinkrl.data import DataError
 from thinkrl.pipeline import filters
 from thinkrl.pipeline.reject import RejectConfig, load_general, mix, run_reject, select, validate

@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, describe, load_config, load_into, parse_overrides, to_yaml
+from .config import ConfigError, describe, load_config
+from .config_io import load_into, parse_overrides, to_yaml
 from .data import DataError
 from .rundir import RunDirError, claim, latest_run, run_claimed, write_text_atomic
 from .train.loop import set_threads, threads_restored

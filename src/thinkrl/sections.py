@@ -9,7 +9,7 @@ and `thinkrl eval` (`evaluation.run.EvalSettings`) extend it with their own keys
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -20,6 +20,23 @@ class ModelSection:
     tokenizer: str | None = None  # None: path's own
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 autocast on CUDA; or float32 / bfloat16
     device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (PEFT's LoRA) on a trained model: `r` 0 trains every weight."""
+    r: int = 0  # adapter rank; 0 = off (full fine-tuning)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / r
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # PEFT names, or all-linear
+    merge: bool = False  # also write the model with the adapter merged in (loads without PEFT)
+
+
+@dataclass
+class TrainedModel(ModelSection):
+    """The model a training command updates (GRPO's policy, SFT's model, a distillation
+    student): the shared model section plus its adapters."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..sections import ModelSection, RunOptions, Sampling
-from ..config import ConfigError, load_into
+from ..config import ConfigError
+from ..config_io import load_into
 from ..sections import EvalProtocol
 from ..train.sft_config import SFTConfig, validate_sft
 

@@ -36,7 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import ConfigError, load_into, to_yaml
+from ..config import ConfigError
+from ..config_io import load_into, to_yaml
 from ..data import DataError
 from ..rundir import write_text_atomic
 from ..train.loop import restoring_threads

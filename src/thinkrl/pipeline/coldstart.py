@@ -37,7 +37,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_into, to_yaml
+from ..config import ConfigError
+from ..config_io import load_into, to_yaml
 from ..data import DataError, load_dataset
 from ..sections import RunOptions, Sampling, run_problems
 from .readable import (ReadableConfig, build_few_shot_rows, embedded_worked_example, few_shot_prompt,

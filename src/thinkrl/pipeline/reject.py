@@ -39,7 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_into, to_yaml
+from ..config import ConfigError
+from ..config_io import load_into, to_yaml
 from ..data import DataError
 from ..sections import RunOptions, run_problems
 from .coldstart import (PromptsConfig, SamplingConfig, format_report, load_prompts, per_prompt_histogram,

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, read_yaml
+from ..config import ConfigError
+from ..config_io import read_yaml
 from .graph import Graph, PipelineError, Stage, StageStopped
 
 log = logging.getLogger("thinkrl.pipeline")

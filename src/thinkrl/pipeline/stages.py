@@ -16,7 +16,7 @@ log = logging.getLogger("thinkrl.pipeline")
 
 
 def _fill(obj, settings: dict):
-    from ..config import _apply
+    from ..config_io import _apply
 
     _apply(obj, settings)
     return obj

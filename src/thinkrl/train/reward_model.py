@@ -53,7 +53,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigError, to_yaml
+from ..config import ConfigError
+from ..config_io import to_yaml
 from ..data import DataError
 from .context import TrainingRun, gives_threads_back, setup
 from .loop import lr_factor, nonfinite_cause

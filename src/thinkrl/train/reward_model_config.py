@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..sections import ModelSection, RunOptions, run_problems
-from ..config import ConfigError, load_into
+from ..config import ConfigError
+from ..config_io import load_into
 from ..template import render
 
 PARTS = ("whole", "summary")

@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import ConfigError, to_yaml
+from ..config import ConfigError
+from ..config_io import to_yaml
 from ..data import DataError, PromptSampler
 from ..policy import autocast, load_model, load_tokenizer, resolve_device
 from .context import TrainingRun, gives_threads_back, setup

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import ConfigError, load_into
+from ..config import ConfigError
+from ..config_io import load_into
 from ..sections import ModelSection, RunOptions, run_problems
 
 
