@@ -42,23 +42,44 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+def write_model(model, tokenizer, directory: Path, model_state: dict | None = None) -> None:
+    """A model and its tokenizer in Hugging Face format into `directory` (every model file a
+    checkpoint or a final save holds). `model_state`: the full state dict to write instead of the
+    model's own (a sharded model's, gathered by every process)."""
+    model.save_pretrained(directory, safe_serialization=True, state_dict=model_state)
+    tokenizer.save_pretrained(directory)
+
+
+def _files(directory: Path) -> list[Path]:
+    """Every file under `directory`, subdirectories included, in a fixed order."""
+    return sorted(p for p in directory.rglob("*") if p.is_file())
+
+
+def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, keep: int = 2,
+                    model_state: dict | None = None, move_in: dict[str, Path] | None = None) -> Path:
+    """Write step `step`'s checkpoint under `root` atomically and keep the newest `keep`.
+    `model_state`: see `write_model`. `move_in`: {name: path} of files or directories written
+    beforehand (a sharded optimizer state every process wrote) moved into the checkpoint
+    before its manifest, so that they are covered by it and renamed into place with it."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        tmp.mkdir()
+        write_model(model, tokenizer, tmp, model_state)
         torch.save(state, tmp / "trainer_state.pt")
+        for name, path in (move_in or {}).items():
+            os.replace(path, tmp / name)
         files = {}
-        for p in sorted(tmp.iterdir()):
+        for p in _files(tmp):
             with p.open("rb") as f:
                 os.fsync(f.fileno())
-            files[p.name] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+            files[p.relative_to(tmp).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
-        _fsync_dir(tmp)
+        for d in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            _fsync_dir(d)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint is never left to fill the disk
         # safetensors and torch report a full disk as their own errors, not OSError: one type for all
@@ -102,7 +123,7 @@ def is_complete(ckpt: Path) -> bool:
     has the listed size."""
     try:
         files = json.loads((ckpt / MANIFEST).read_text())["files"]
-        present = {p.name for p in ckpt.iterdir()} - {MANIFEST}
+        present = {p.relative_to(ckpt).as_posix() for p in _files(ckpt)} - {MANIFEST}
         weights = "model.safetensors" in files or "model.safetensors.index.json" in files
         if set(files) != present or not weights or any(n not in files for n in REQUIRED):
             return False

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import write_model
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -170,6 +172,37 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
     return max(n, 0)
 
 
+def enable_gradient_checkpointing(model, setting: str = "train.gradient_checkpointing"):
+    """Turn on transformers' activation (gradient) checkpointing for every decoder layer of
+    `model`, non-reentrant (which needs no input that requires grad, so frozen embeddings and
+    LoRA work), and return the model. Each layer then keeps only its input in the forward
+    pass and runs again in the backward pass: activation memory falls from all of every
+    layer's intermediates to one hidden vector per layer and token, for about one more
+    forward pass of time. Gradients are those of the plain forward (tested).
+
+    transformers turns the KV cache off inside a checkpointed forward (training mode, gradient
+    on), so `completion_logprobs` and the SFT loss then run prompts once per row instead of
+    once per group (`checkpointing_active`); forwards without gradient (sampling, π_old,
+    π_ref, held-out losses) keep the cache. `setting` names the config key in the error."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing in transformers; set "
+                         f"{setting}=false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x: the old name is a deprecated alias
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
+
+
+def checkpointing_active(model) -> bool:
+    """Whether a forward of `model` now would be checkpointed: a layer with checkpointing on,
+    in training mode, with the gradient enabled. That is exactly when transformers drops the
+    KV cache (`GradientCheckpointingLayer`), so a prompt's cache cannot serve its rows."""
+    return torch.is_grad_enabled() and any(m.training and getattr(m, "gradient_checkpointing", False) is True
+                                           for m in model.modules())
+
+
 def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, share_prompts: bool = True) -> torch.Tensor:
     """log π(o_t | q, o_<t) for every completion token, [N, C] (padding positions hold junk
     values and are masked by the caller). Logits are divided by the sampling temperature, so
@@ -180,16 +213,23 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
     it. With the long R1-Zero template that removes most of the tokens of the forward and
     backward pass; the values and gradients are those of the plain forward (tested). A batch
     without group ids runs the plain forward.
+
+    With gradient checkpointing on (`enable_gradient_checkpointing`), a forward with gradient
+    takes the plain path: transformers keeps no KV cache in a checkpointed layer, and a cache
+    written inside one would be written again when the backward pass replays the layer. Each
+    row then runs its own copy of the prompt: the same values and gradients (tested), with
+    the prompt's tokens G times in the forward and its recomputation. Forwards without
+    gradient (π_old, π_ref) still share prompts. Should a model drop the cache anyway (an
+    older transformers in training mode), the plain path is taken as well, never a wrong value.
     """
     C = batch.completion_ids.shape[1]
-    share_prompts = share_prompts and batch.group_ids is not None
+    share_prompts = share_prompts and batch.group_ids is not None and not checkpointing_active(model)
+    logits = None
     if share_prompts:
         groups, inverse = torch.unique(batch.group_ids, return_inverse=True)  # numbered 0..k-1 in this batch
         if len(groups) < len(batch):
             logits = _shared_prompt_logits(model, batch, inverse, len(groups))
-        else:
-            share_prompts = False
-    if not share_prompts:
+    if logits is None:
         pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
                     use_cache=False, logits_to_keep=C + 1)
@@ -201,8 +241,9 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
     return token_logits - torch.logsumexp(logits, dim=-1)
 
 
-def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int) -> torch.Tensor:
-    """Logits predicting each completion token, [N, C, V], with each distinct prompt run once."""
+def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int) -> torch.Tensor | None:
+    """Logits predicting each completion token, [N, C, V], with each distinct prompt run once;
+    None when the model kept no cache of the prompts (the caller runs the plain forward)."""
     P = batch.prompt_len
     first = torch.full((n_unique,), len(batch), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), reduce="amin")
@@ -210,6 +251,8 @@ def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_
     out = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True, logits_to_keep=1)
     cache = output_cache(out)
+    if cache is None or cache.get_seq_length() != P:
+        return None
     cache.batch_select_indices(inverse)  # row i of the batch attends to its prompt's keys/values
     n_prompt = batch.attention_mask[:, :P].sum(-1, keepdim=True)
     C = batch.completion_ids.shape[1]
@@ -219,16 +262,16 @@ def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_
     return torch.cat([out.logits[:, -1:][inverse], rest.logits[:, :-1]], dim=1)
 
 
-def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None) -> None:
+def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None,
+                    model_state: dict | None = None) -> None:
     """A model's final save in Hugging Face format (plus `extra` text files), atomically: written
     under a temporary name, then renamed over `directory`, so a crash leaves the old one whole or
-    the new one whole, never half of either."""
+    the new one whole, never half of either. `model_state`: see `checkpoint.write_model`."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        write_model(model, tokenizer, tmp, model_state)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
     except BaseException:
