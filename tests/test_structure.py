@@ -23,6 +23,7 @@ MAX_LINES = 400
 LAYERS: list[tuple[str, list[str]]] = [
     ("utilities", ["thinkrl", "thinkrl.checks", "thinkrl.template", "thinkrl.progress", "thinkrl.metrics",
                    "thinkrl.rundir", "thinkrl.distributed", "thinkrl.checkpoint", "thinkrl.data",
+                   "thinkrl.data_sources",
                    "thinkrl.task", "thinkrl.task.arithmetic", "thinkrl.task.general", "thinkrl.plots",
                    "thinkrl.sections"]),
     ("sandbox", ["thinkrl.sandbox", "thinkrl.sandbox.*"]),

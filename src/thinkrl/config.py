@@ -28,8 +28,9 @@ class ModelConfig(TrainedModel):
 
 @dataclass
 class DataConfig:
-    train: str = "embedded"  # "embedded" or a JSONL path
-    eval: str = "embedded"  # "embedded", a JSONL path, or "none"
+    # a source: "embedded", a JSONL/JSON/parquet file, a save_to_disk directory, or hf:ID[?config=NAME&split=NAME]
+    train: str = "embedded"  # "embedded" or a source (a hub dataset / DatasetDict: split "train" unless named)
+    eval: str = "embedded"  # "embedded", a source (split "test" unless named), or "none"
     question_field: str = "question"
     answer_field: str = "answer"
     level_field: str = "level"  # fixed: metrics are broken down by the rows' "level" field (validate says so)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data
-from ..data import load_dataset, load_jsonl
+from ..data import load_dataset
 from .config import DistillConfig, DistillDataConfig, FilterConfig
 
 
@@ -28,8 +28,9 @@ def read_jsonl(path: str | Path, required: tuple[str, ...], on_bad_row: str = "e
 
     `thinkrl.data.load_jsonl` reads question/answer rows (both required, renamed); this reads
     the rows distillation needs besides: prompts whose answer is optional, prompt/response rows."""
-    rows, _ = data.read_jsonl(path, lambda row: data.missing_field(row, required, "map your columns with data.*_field"),
-                              on_bad_row, empty="no usable rows")
+    hint = "map your columns with data.*_field"
+    rows, _ = data.read_records(path, lambda row: data.missing_field(row, required, hint), on_bad_row,
+                                empty="no usable rows")
     return [row for _, row in rows]
 
 
@@ -60,7 +61,7 @@ def load_prompts(d: DistillDataConfig, eval_size: int) -> tuple[list[dict], list
         elif len(rows) > eval_size and all("answer" in r for r in rows[-eval_size:]):  # accuracy needs answers
             rows, held = rows[:-eval_size], rows[-eval_size:]
     elif eval_size and d.eval != "none":
-        held = load_jsonl(d.eval, d.question_field, d.answer_field, d.on_bad_row)
+        held = load_dataset(d.eval, "test", d.question_field, d.answer_field, d.on_bad_row)
     return rows[: d.max_prompts or None], held[:eval_size]
 
 

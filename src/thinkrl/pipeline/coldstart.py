@@ -60,7 +60,7 @@ MODES = ("refine", "few_shot")
 
 @dataclass
 class PromptsConfig:
-    data: str = "embedded"  # "embedded" (the embedded task's train split) or a JSONL of question/answer rows
+    data: str = "embedded"  # "embedded" (its train split) or question/answer rows: JSONL, JSON, parquet, hf:ID, ...
     question_field: str = "question"
     answer_field: str = "answer"
     limit: int = 64  # the first N rows (0 = all)

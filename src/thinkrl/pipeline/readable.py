@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import ConfigError
-from ..data import DataError, load_dataset, load_jsonl
+from ..data import DataError, load_dataset
 from ..task.arithmetic import working
 from ..template import R1_ZERO
 
@@ -105,7 +105,7 @@ def load_worked_examples(spec: str) -> list[dict]:
             if reasoning is not None:
                 out.append({"question": r["question"], "reasoning": reasoning, "answer": r["answer"]})
         return out
-    rows = load_jsonl(spec)
+    rows = load_dataset(spec, "train")
     for i, r in enumerate(rows):
         if not str(r.get("reasoning", "")).strip():
             raise DataError(f"{spec}: worked example {i + 1} has no 'reasoning' field (want question, reasoning, answer)")

@@ -30,8 +30,9 @@ class RMModelConfig(ModelSection):  # path: the model to start from; with init=r
 
 @dataclass
 class RMDataConfig:
-    train: str = "synthetic:helpfulness"  # JSONL of {prompt, chosen, rejected}, or synthetic:helpfulness|harmlessness
-    test: str = "synthetic"  # JSONL | synthetic (held-out synthetic pairs) | split (test_share of train) | none
+    # train/test pairs {prompt, chosen, rejected}: JSONL, JSON, parquet, a save_to_disk dir or hf:ID[?config=&split=]
+    train: str = "synthetic:helpfulness"  # pairs (split "train" unless named), or synthetic:helpfulness|harmlessness
+    test: str = "synthetic"  # pairs (split "test") | synthetic (held-out synthetic pairs) | split (test_share) | none
     part: str = "whole"  # what of a response is scored: whole | summary (after the last </think>)
     rule: str = "auto"  # rule to check held-out scores against: helpfulness | harmlessness | none | auto (synthetic's)
     synthetic_train: int = 10000  # pairs made for synthetic:...

@@ -1,6 +1,7 @@
-"""The data of `thinkrl rm`: preference pairs {prompt, chosen, rejected} from JSONL or from
-the synthetic general task (thinkrl.task.general), a held-out split, and the metrics that
-check a reward model's scores against the rule that made the synthetic pairs."""
+"""The data of `thinkrl rm`: preference pairs {prompt, chosen, rejected} from JSONL (or any
+source of thinkrl.data_sources: parquet, JSON, save_to_disk, hf:ID) or from the synthetic
+general task (thinkrl.task.general), a held-out split, and the metrics that check a reward
+model's scores against the rule that made the synthetic pairs."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ def auc(scores: list[float], labels: list[bool]) -> float:
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
 
-def load_pairs(path: str | Path, on_bad_row: str = "error") -> list[dict]:
-    """Rows {prompt, chosen, rejected} (strings) from JSONL; a bad line raises DataError
-    naming file and line (or is skipped and counted with on_bad_row="skip")."""
-    from ..data import read_jsonl
+def load_pairs(path: str | Path, on_bad_row: str = "error", split: str = "train") -> list[dict]:
+    """Rows {prompt, chosen, rejected} (strings) from any source `thinkrl.data.read_records`
+    reads (JSONL, JSON, parquet, a save_to_disk directory, hf:ID; `split` where the spec names
+    none); a bad row raises DataError naming source and line or row (or is skipped and
+    counted with on_bad_row="skip")."""
+    from ..data import read_records
 
     def check(row):
         missing = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str)]
@@ -37,7 +40,7 @@ def load_pairs(path: str | Path, on_bad_row: str = "error") -> list[dict]:
                     f"{{\"prompt\", \"chosen\", \"rejected\"}}; fields present: {sorted(row)})")
         return None
 
-    rows, _ = read_jsonl(path, check, on_bad_row, empty="no preference pairs")
+    rows, _ = read_records(path, check, on_bad_row, empty="no preference pairs", split=split)
     return [{k: row[k] for k in PAIR_FIELDS} for _, row in rows]
 
 
@@ -56,7 +59,7 @@ def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
         if rule == "auto":
             rule = kind
     else:
-        train = load_pairs(d.train, d.on_bad_row)
+        train = load_pairs(d.train, d.on_bad_row, "train")
         test = []
         if rule == "auto":
             rule = "none"
@@ -70,7 +73,7 @@ def load_data(d: RMDataConfig, seed: int) -> tuple[list[dict], list[dict], str]:
             raise DataError(f"data.test=split: {len(train)} pair(s) are too few to hold out {d.test_share:.0%}")
         test, train = [train[i] for i in order[:k]], [train[i] for i in order[k:]]
     elif d.test not in ("synthetic", "none"):
-        test = load_pairs(d.test, d.on_bad_row)
+        test = load_pairs(d.test, d.on_bad_row, "test")
     return train, test, rule
 
 

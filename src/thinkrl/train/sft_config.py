@@ -15,8 +15,9 @@ SFTModelConfig = ModelSection  # the shared model section (a distillation studen
 
 @dataclass
 class SFTDataConfig:
-    train: str | None = None  # JSONL of {prompt, response} or {messages} rows (required)
-    eval: str | None = None  # JSONL held-out set, or None
+    # train/eval: a JSONL/JSON/parquet file, a save_to_disk directory, or hf:ID[?config=NAME&split=NAME]
+    train: str | None = None  # {prompt, response} or {messages} rows (required; split "train" unless named)
+    eval: str | None = None  # held-out rows (split "test" unless named), or None
     eval_fraction: float = 0.0  # held out of train (seeded) when eval is None; 0 = no held-out loss
     template: str = "r1_zero"  # for prompt rows: r1_zero | chat | none | a string with {prompt}
     prompt_field: str = "prompt"

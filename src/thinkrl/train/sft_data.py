@@ -1,4 +1,5 @@
-"""SFT data: JSONL rows -> token ids with a loss mask -> (packed) batches.
+"""SFT data: rows (JSONL, or any source of thinkrl.data_sources) -> token ids with a loss
+mask -> (packed) batches.
 
 A sample is `(input_ids, labels)`, two lists of the same length. `labels[t]` is the token
 the model must predict at position t (so the logits at t-1 are scored, the Hugging Face
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, read_jsonl
+from ..data import DataError, read_records
+from ..data_sources import FORMATS
 from ..template import render
 
 log = logging.getLogger("thinkrl")
@@ -42,10 +44,11 @@ Sample = tuple[list[int], list[int]]  # (input_ids, labels)
 
 
 def _check_row(row, d) -> str | None:
-    """Why a parsed line is not a usable row (None if it is)."""
+    """Why a parsed line is not a usable row (None if it is). A null messages field counts as
+    absent: a table (parquet, a Dataset) holding both formats gives every row every column."""
     if not isinstance(row, dict):
         return "each line must be a JSON object"
-    if d.messages_field in row:
+    if row.get(d.messages_field) is not None:
         msgs = row[d.messages_field]
         if not isinstance(msgs, list) or not msgs:
             return f"{d.messages_field!r} must be a non-empty list of {{role, content}} objects"
@@ -65,13 +68,18 @@ def _check_row(row, d) -> str | None:
     return None
 
 
-def read_rows(path: str | Path, d) -> tuple[list[dict], int]:
-    """(rows, number of bad lines skipped) from a JSONL file. Rows are normalised to
-    {"prompt", "response", "line"} or {"messages", "line"}. A bad line raises DataError
-    naming the file and line, or with d.on_bad_row == "skip" is skipped and counted."""
-    lines, skipped = read_jsonl(path, lambda row: _check_row(row, d), d.on_bad_row, empty="no usable rows",
-                                what="data.train / data.eval must be JSONL files")
-    rows = [{"messages": row[d.messages_field], "line": n} if d.messages_field in row else
+def read_rows(path: str | Path, d, split: str | None = None) -> tuple[list[dict], int]:
+    """(rows, number of bad rows skipped) from any source `thinkrl.data.read_records` reads
+    (JSONL, JSON, parquet, a save_to_disk directory, hf:ID). Rows are normalised to
+    {"prompt", "response", "line"} or {"messages", "line"} ("line": the line, or row number
+    from 1). A bad row raises DataError naming the source and line or row, or with
+    d.on_bad_row == "skip" is skipped and counted. `split` (of a hub dataset or a saved
+    DatasetDict whose spec names none): by default "test" for data.eval, else "train"."""
+    if split is None:
+        split = "test" if path == d.eval and path != d.train else "train"
+    lines, skipped = read_records(path, lambda row: _check_row(row, d), d.on_bad_row, empty="no usable rows",
+                                  what=f"data.train / data.eval: {FORMATS}", split=split)
+    rows = [{"messages": row[d.messages_field], "line": n} if row.get(d.messages_field) is not None else
             {"prompt": row[d.prompt_field], "response": row[d.response_field], "line": n} for n, row in lines]
     return rows, skipped
 
