@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from .. import distributed
+from .. import distributed, sharding
 from ..metrics import MetricsWriter
 from ..policy import save_pretrained
 from ..progress import LIVE, Progress
@@ -114,12 +114,17 @@ class TrainingRun:
         if before is not None:
             torch.set_num_threads(before)
 
-    def track(self, model, tokenizer, optimizer, scheduler, sampler=None, generator=None, keep: int = 2) -> None:
+    def track(self, model, tokenizer, optimizer, scheduler, sampler=None, generator=None, keep: int = 2,
+              sharded_optimizer: bool = False) -> None:
         """What a checkpoint holds besides the loop's own `extra_state`: the weights (and the
         tokenizer, so that a checkpoint loads as a model), the optimizer, the scheduler, the data
-        order (`state_dict`/`load_state_dict`), a sampling generator, every random stream."""
+        order (`state_dict`/`load_state_dict`), a sampling generator, every random stream.
+        `sharded_optimizer` (train.parallel=fsdp): the optimizer state goes into the checkpoint's
+        optimizer/ directory, one shard per process (`sharding.save_optimizer`), not into
+        trainer_state.pt, so that it loads into any number of processes."""
         self._model, self._tokenizer, self._optimizer, self._scheduler = model, tokenizer, optimizer, scheduler
         self._sampler, self._generator, self._keep = sampler, generator, keep
+        self._sharded_optimizer = sharded_optimizer
 
     def update_or_skip(self, cause: str) -> None:
         """The end of one step: the optimizer step, or, for a NaN/inf loss or gradient (`cause`),
@@ -188,7 +193,7 @@ class TrainingRun:
         it gathers each process's random streams under "ranks" (the top-level ones are rank 0's)."""
         state = {
             "step": self.step,
-            "optimizer": self._optimizer.state_dict(),
+            "optimizer": None if self._sharded_optimizer else self._optimizer.state_dict(),
             "scheduler": self._scheduler.state_dict(),
             "sampler": self._sampler.state_dict() if self._sampler is not None else None,
             **self._random_state(),
@@ -211,11 +216,20 @@ class TrainingRun:
             log.warning("--resume: the run saved no checkpoint yet under %s; starting from step 0", root)
             self.metrics.truncate_after(-1)
             return None
-        ckpt.load_weights(self._model, found)
         s = ckpt.load_trainer_state(found)
+        if (s["optimizer"] is None) != self._sharded_optimizer:
+            raise ResumeError(f"--resume: {found} was written with train.parallel="
+                              f"{'fsdp' if s['optimizer'] is None else 'ddp'}; resume with that setting")
+        if sharding.is_sharded(self._model):
+            sharding.load_full_state(self._model, sharding.read_weights(found))
+        else:
+            ckpt.load_weights(self._model, found)
         if self._sampler is not None:
             self._sampler.load_state_dict(s["sampler"])  # first: a DataError if the data changed size
-        self._optimizer.load_state_dict(s["optimizer"])
+        if self._sharded_optimizer:
+            sharding.load_optimizer(self._model, self._optimizer, found / "optimizer")
+        else:
+            self._optimizer.load_state_dict(s["optimizer"])
         self._scheduler.load_state_dict(s["scheduler"])
         ranks = s.get("ranks", [s])  # each process's random streams (one process: the top-level ones)
         if len(ranks) != self.world and self.is_main:
@@ -234,10 +248,37 @@ class TrainingRun:
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0; with several processes every one must call it)."""
         state = self.state_dict()
+        model_state = sharding.full_state_dict(self._model)  # a sharded model's, gathered to rank 0
+        root = self.run_dir / "checkpoints"
+        moved = {"optimizer": self._save_sharded_optimizer(root)} if self._sharded_optimizer else None
         if not self.is_main:
             return None
-        return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, self._model, self._tokenizer, state,
-                                    keep=self._keep)
+        try:
+            return ckpt.save_checkpoint(root, self.step, self._model, self._tokenizer, state, keep=self._keep,
+                                        model_state=model_state, move_in=moved)
+        finally:
+            if moved:
+                shutil.rmtree(moved["optimizer"], ignore_errors=True)  # left only when the checkpoint failed
+
+    def _save_sharded_optimizer(self, root: Path) -> Path:
+        """Every process writes its optimizer shard beside the checkpoints; a failure on any
+        process is every process's CheckpointError (the checkpoint is not written)."""
+        path = root / f".optimizer_step_{self.step:06d}"
+        if self.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+        distributed.barrier()
+        error = None
+        try:
+            sharding.save_optimizer(self._model, self._optimizer, path)
+        except Exception as e:  # disk full on this process's filesystem, ...
+            error = f"{type(e).__name__}: {e}"
+        errors = [e for e in distributed.gather_objects(error) if e]
+        if errors:
+            if self.is_main:
+                shutil.rmtree(path, ignore_errors=True)
+            raise ckpt.CheckpointError(f"the sharded optimizer state could not be written: {errors[0]}")
+        return path
 
     def newest_checkpoint(self) -> str:
         found = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
@@ -250,7 +291,7 @@ class TrainingRun:
         return distributed.from_main(self._save_or_explain())
 
     def _save_or_explain(self) -> str | None:
-        bad = ckpt.nonfinite_parameters(self._model)
+        bad = sharding.nonfinite_parameters(self._model)
         if bad:  # a checkpoint of NaN weights is worse than none: it would be resumed from
             return (f"stopped: the weights hold NaN/inf after step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
                     f"their checkpoint was not written. The learning rate may be too high ({self.bad.lr}); the "
@@ -270,10 +311,11 @@ class TrainingRun:
 
     def save_final(self, extra: dict[str, str] | None = None) -> Path | None:
         """RUN/<final_name>: the model and tokenizer in Hugging Face format, written then renamed."""
+        model_state = sharding.full_state_dict(self._model)  # a sharded model's, gathered to rank 0
         if not self.is_main:
             return None
         path = self.run_dir / self.final_name
-        save_pretrained(self._model, self._tokenizer, path, extra=extra)
+        save_pretrained(self._model, self._tokenizer, path, extra=extra, model_state=model_state)
         return path
 
     def save_summary(self, summary: dict) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from .. import checkpoint as ckpt
-from .. import distributed
+from .. import distributed, sharding
 from ..evaluation.report import write_report
 from ..metrics import read_metrics
 from .context import TrainingRun
@@ -32,7 +32,7 @@ class GRPORun(TrainingRun):
     def write_summary(self, interrupted: bool = False, error: str | None = None) -> dict:
         """summary.json and report.html, by rank 0; every process returns the summary. With
         several processes it records each one's final weights checksum (they must agree)."""
-        checksums = distributed.gather_objects(distributed.weights_checksum(self.policy)) if self.world > 1 else None
+        checksums = distributed.gather_objects(sharding.weights_checksum(self.policy)) if self.world > 1 else None
         if not self.is_main:
             return distributed.from_main(None)
         rows = read_metrics(self.run_dir)
