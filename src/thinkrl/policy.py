@@ -93,10 +93,47 @@ def load_model(path: str, device: torch.device, requires_grad: bool = True):
     return model
 
 
+def _tokenizer_json(path: str) -> dict | None:
+    """The tokenizer.json of a local directory or of a hub model in the cache, parsed; None if none."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    where, name = resolve_model_path(path), "tokenizer.json"
+    try:
+        file = os.path.join(where, name) if os.path.isdir(where) else try_to_load_from_cache(where, name)
+    except ValueError:  # not a hub id either
+        return None
+    found = isinstance(file, str) and os.path.isfile(file)  # the cache answers None or a marker when not there
+    return json.loads(Path(file).read_text(encoding="utf-8")) if found else None
+
+
+def _differs(backend, spec: dict) -> bool:
+    """Whether a `tokenizers` pipeline differs from tokenizer.json `spec`, the small parts first (the
+    post-processor aside: add_bos_token / add_eos_token of tokenizer_config.json rewrite it in any class)."""
+    import json
+
+    parts = {k: getattr(backend, k) for k in ("normalizer", "pre_tokenizer", "decoder")}
+    if any(spec.get(k) != (None if v is None else json.loads(v.__getstate__())) for k, v in parts.items()):
+        return True
+    full = json.loads(backend.to_str())
+    return any(full.get(k) != spec.get(k) for k in ("model", "added_tokens"))
+
+
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    """The tokenizer of `path`, padding on the left (pad = eos when it has none), encoding as its
+    tokenizer.json says. transformers 5 picks the class by model type (Qwen2Tokenizer for a qwen2
+    config, whatever tokenizer_config.json names), and such a class builds its own normalizer,
+    pre-tokenizer and decoder around the file's vocabulary: a model's own tokenizer (digits split,
+    no NFC, ...) would become Qwen2's, in every checkpoint too. When so, the generic
+    TokenizersBackend is loaded instead: the file verbatim, with tokenizer_config.json's settings."""
+    from transformers import AutoTokenizer, TokenizersBackend
 
     tok = _from_pretrained(AutoTokenizer, path, "tokenizer")
+    own_class = isinstance(tok, TokenizersBackend) and type(tok) is not TokenizersBackend  # else it read the file as is
+    spec = _tokenizer_json(path) if own_class else None
+    if spec is not None and _differs(tok.backend_tokenizer, spec):
+        tok = _from_pretrained(TokenizersBackend, path, "tokenizer")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
