@@ -210,17 +210,11 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
 
 
 def enable_gradient_checkpointing(model, setting: str = "train.gradient_checkpointing"):
-    """Turn on transformers' activation (gradient) checkpointing for every decoder layer of
-    `model`, non-reentrant (which needs no input that requires grad, so frozen embeddings and
-    LoRA work), and return the model. Each layer then keeps only its input in the forward
-    pass and runs again in the backward pass: activation memory falls from all of every
-    layer's intermediates to one hidden vector per layer and token, for about one more
-    forward pass of time. Gradients are those of the plain forward (tested).
-
-    transformers turns the KV cache off inside a checkpointed forward (training mode, gradient
-    on), so `completion_logprobs` and the SFT loss then run prompts once per row instead of
-    once per group (`checkpointing_active`); forwards without gradient (sampling, π_old,
-    π_ref, held-out losses) keep the cache. `setting` names the config key in the error."""
+    """Turn on transformers' activation checkpointing in every decoder layer, non-reentrant (no
+    input needs a gradient: frozen embeddings and LoRA work); return the model. A layer keeps
+    only its input for the backward pass and runs again there: less memory, about one more
+    forward of time, the same gradients (tested). Forwards without gradient (sampling, π_old,
+    π_ref) are not checkpointed. `setting`: the config key the error names."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing in transformers; set "
                          f"{setting}=false")
@@ -232,12 +226,65 @@ def enable_gradient_checkpointing(model, setting: str = "train.gradient_checkpoi
     return model
 
 
+def _checkpointed_layers(model) -> list:
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
 def checkpointing_active(model) -> bool:
-    """Whether a forward of `model` now would be checkpointed: a layer with checkpointing on,
-    in training mode, with the gradient enabled. That is exactly when transformers drops the
-    KV cache (`GradientCheckpointingLayer`), so a prompt's cache cannot serve its rows."""
-    return torch.is_grad_enabled() and any(m.training and getattr(m, "gradient_checkpointing", False) is True
-                                           for m in model.modules())
+    """Whether a forward of `model` now is checkpointed: a layer with checkpointing on, in
+    training mode, with the gradient enabled (`GradientCheckpointingLayer`'s own condition)."""
+    return torch.is_grad_enabled() and any(m.training for m in _checkpointed_layers(model))
+
+
+def write_cache(model, **kwargs):
+    """model(**kwargs, use_cache=True) and its KV cache (None if it kept none): the forward of
+    a prompt (a prefix) whose cache will serve several rows (`read_cache`). It runs without
+    checkpointing (transformers drops the cache of a checkpointed layer, whose replay would
+    write it twice), so its activations are kept for the backward pass, once per prompt."""
+    layers = _checkpointed_layers(model)
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        out = model(use_cache=True, **kwargs)
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True
+    cache = output_cache(out)
+    return out, (None if cache is None or cache.get_seq_length() == 0 else cache)
+
+
+def read_cache(model, cache, **kwargs):
+    """model(**kwargs) attending to `cache` (one row per input row) without writing to it, or
+    None if the model ignored the cache (the caller then runs its rows whole). Read-only, the
+    cache can stay in a checkpointed layer: the replay in the backward pass reads the same
+    keys and values, and the gradient reaches the prompt's forward through them. The layers
+    are told so (`_can_checkpoint_with_cache`, transformers >= 5.2x; before, None here)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    active = checkpointing_active(model)
+    if active and not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return None
+    reads = [0]
+    update = cache.update
+
+    def read_only(key_states, value_states, layer_idx, *args, **kw):  # the keys/values with these appended, unstored
+        layer = cache.layers[layer_idx]
+        kept = layer.keys, layer.values
+        out = update(key_states, value_states, layer_idx, *args, **kw)
+        layer.keys, layer.values = kept
+        reads[0] += 1
+        return out
+
+    cache.update = read_only
+    readers = _checkpointed_layers(model)
+    for m in readers:
+        m._can_checkpoint_with_cache = True
+    try:
+        out = model(use_cache=not active, **{cache_kwarg(model): cache}, **kwargs)  # as transformers sets it, unwarned
+    finally:
+        for m in readers:
+            del m._can_checkpoint_with_cache
+    return out if reads[0] else None
 
 
 def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, share_prompts: bool = True) -> torch.Tensor:
@@ -251,18 +298,15 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
     backward pass; the values and gradients are those of the plain forward (tested). A batch
     without group ids runs the plain forward.
 
-    With gradient checkpointing on (`enable_gradient_checkpointing`), a forward with gradient
-    takes the plain path: transformers keeps no KV cache in a checkpointed layer, and a cache
-    written inside one would be written again when the backward pass replays the layer. Each
-    row then runs its own copy of the prompt: the same values and gradients (tested), with
-    the prompt's tokens G times in the forward and its recomputation. Forwards without
-    gradient (π_old, π_ref) still share prompts. Should a model drop the cache anyway (an
-    older transformers in training mode), the plain path is taken as well, never a wrong value.
+    With gradient checkpointing on, prompts are still shared: their forward runs unchecked
+    (`write_cache`, activations kept once per group), the completions' forward checkpointed,
+    each layer reading the cache again in its replay (`read_cache`). Its arithmetic is that
+    without checkpointing, so π_θ equals the no-gradient π_old bit for bit (ρ = 1 at the first
+    update). A model that keeps no cache then (older transformers) runs the plain forward.
     """
     C = batch.completion_ids.shape[1]
-    share_prompts = share_prompts and batch.group_ids is not None and not checkpointing_active(model)
     logits = None
-    if share_prompts:
+    if share_prompts and batch.group_ids is not None:
         groups, inverse = torch.unique(batch.group_ids, return_inverse=True)  # numbered 0..k-1 in this batch
         if len(groups) < len(batch):
             logits = _shared_prompt_logits(model, batch, inverse, len(groups))
@@ -280,22 +324,23 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
 
 def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int) -> torch.Tensor | None:
     """Logits predicting each completion token, [N, C, V], with each distinct prompt run once;
-    None when the model kept no cache of the prompts (the caller runs the plain forward)."""
+    None when the model kept or read no cache (the caller runs the plain forward)."""
     P = batch.prompt_len
     first = torch.full((n_unique,), len(batch), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), reduce="amin")
     ids, attn = batch.input_ids[first, :P], batch.attention_mask[first, :P]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1)
-    cache = output_cache(out)
-    if cache is None or cache.get_seq_length() != P:
+    out, cache = write_cache(model, input_ids=ids, attention_mask=attn,
+                             position_ids=(attn.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1)
+    if cache is None:
         return None
     cache.batch_select_indices(inverse)  # row i of the batch attends to its prompt's keys/values
     n_prompt = batch.attention_mask[:, :P].sum(-1, keepdim=True)
     C = batch.completion_ids.shape[1]
     pos = n_prompt + torch.arange(C, device=n_prompt.device)
-    rest = model(input_ids=batch.completion_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                 use_cache=True, **{cache_kwarg(model): cache})
+    rest = read_cache(model, cache, input_ids=batch.completion_ids, attention_mask=batch.attention_mask,
+                      position_ids=pos)
+    if rest is None:
+        return None
     return torch.cat([out.logits[:, -1:][inverse], rest.logits[:, :-1]], dim=1)
 
 

@@ -70,6 +70,7 @@ class OnPolicyConfig:
     max_new_tokens: int = 80
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     micro_batch_size: int = 32  # completions per forward/backward
+    gradient_checkpointing: bool = False  # recompute the student's activations in the backward pass: less memory
     save_every: int = 50  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2
     max_bad_steps: int = 5  # stop after this many consecutive steps skipped for a NaN/inf reverse KL or gradient

@@ -41,7 +41,7 @@ from .config import DistillConfig, DistillError
 from .evaluate import evaluate_model
 from .data import load_prompts
 from ..metrics import mean, read_metrics
-from ..policy import SequenceBatch, autocast, load_model, load_tokenizer, resolve_device
+from ..policy import SequenceBatch, autocast, enable_gradient_checkpointing, load_model, load_tokenizer, resolve_device
 from ..rewards import get_reward
 from ..rollout import SamplingParams, make_engine
 from ..template import render
@@ -120,6 +120,8 @@ class OnPolicyDistiller(TrainingRun):
         self.device, self.teacher_device = resolve_device(cfg.student.device), resolve_device(cfg.teacher.device)
         self.student = load_model(cfg.student.path, self.device)
         self.student.train()
+        if op.gradient_checkpointing:
+            enable_gradient_checkpointing(self.student, "on_policy.gradient_checkpointing")
         self.teacher = load_model(cfg.teacher.path, self.teacher_device, requires_grad=False)
         # vocabularies padded past the tokenizer (common for GPUs) are cut to the real tokens
         self.V = len(self.tok)

@@ -98,6 +98,8 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids, params: SamplingParams, generator=None) -> Rollouts:
+        # without gradient and in eval mode no layer is checkpointed, so the KV cache is kept with
+        # gradient checkpointing on (transformers drops it in checkpointed training forwards)
         was_training = self.model.training
         self.model.eval()
         try:

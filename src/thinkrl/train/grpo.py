@@ -45,7 +45,8 @@ from .context import gives_threads_back, setup
 from .loop import lr_factor, nonfinite_cause
 from ..metrics import by_level, has_reflection, mean
 from ..objective import Normaliser, group_advantages, grpo_loss
-from ..policy import SequenceBatch, autocast, completion_logprobs, load_model, load_tokenizer, resolve_device
+from ..policy import (SequenceBatch, autocast, completion_logprobs, enable_gradient_checkpointing, load_model,
+                      load_tokenizer, resolve_device)
 from ..rewards.combine import TypedRewards, WeightedRewards
 from ..rollout import SamplingParams, make_engine
 from .grpo_state import GRPORun
@@ -77,6 +78,8 @@ class GRPOTrainer(GRPORun):
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.policy = load_model(cfg.model.path, self.device)
         self.policy.train()
+        if t.gradient_checkpointing:  # less activation memory, the same values (policy.completion_logprobs)
+            enable_gradient_checkpointing(self.policy)
         # β = 0: no reference model is loaded at all
         self.ref = load_model(cfg.model.path, self.device, requires_grad=False) if cfg.objective.beta > 0 else None
         self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)

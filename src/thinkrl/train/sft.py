@@ -41,7 +41,7 @@ from .. import checkpoint as ckpt
 from ..config import ConfigError
 from ..config_io import to_yaml
 from ..data import DataError, PromptSampler
-from ..policy import autocast, load_model, load_tokenizer, resolve_device
+from ..policy import autocast, enable_gradient_checkpointing, load_model, load_tokenizer, resolve_device
 from .context import TrainingRun, gives_threads_back, setup
 from .loop import lr_factor, nonfinite_cause
 from .sft_config import SFTConfig, load_sft_config, validate_sft
@@ -74,6 +74,8 @@ class SFTTrainer(TrainingRun):
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
         self.model = load_model(cfg.model.path, self.device)
         self.model.train()
+        if t.gradient_checkpointing:  # less activation memory, the same values (sft_loss.batch_nll)
+            enable_gradient_checkpointing(self.model)
         context = getattr(self.model.config, "max_position_embeddings", None)
         self.max_length = d.max_length or context or 2048
         if context and self.max_length > context:

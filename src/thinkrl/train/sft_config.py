@@ -46,6 +46,7 @@ class SFTTrainConfig:
     packing: bool = False  # several samples per row, attention kept inside each
     pack_length: int | None = None  # tokens per packed row; None = data.max_length
     share_prefix: bool = True  # unpacked: run a micro-batch's common prompt head once (exact; ~2x on r1_zero data)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     save_every: int = 200  # steps; 0 = at the end only
     keep_checkpoints: int = 2
     eval_every: int = 0  # held-out loss every N steps (and at start and end); 0 = start and end only

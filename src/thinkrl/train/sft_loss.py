@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..policy import cache_kwarg, output_cache
+from ..policy import read_cache, write_cache
 from .sft_data import IGNORE, Batch
 
 
@@ -43,24 +43,33 @@ def batch_nll(model, batch: Batch) -> torch.Tensor:
     token go through the LM head (`logits_to_keep`), which spares the vocabulary projection
     of every prompt token. With `batch.prefix_len` the common prefix runs once and its KV
     cache (gradient included) serves every row, as `policy.completion_logprobs` does for a
-    group's shared prompt. Both equal masked_lm_loss on the full logits (tested)."""
+    group's shared prompt, with gradient checkpointing on as well (`policy.write_cache`,
+    `policy.read_cache`). Both equal masked_lm_loss on the full logits (tested)."""
     targets = batch.labels[:, 1:]  # targets[:, j] is predicted by the logits at position j
     P = batch.prefix_len
-    kwargs = dict(use_cache=False)
-    nll = 0.0
     if P:
-        head = model(input_ids=batch.input_ids[:1, :P], position_ids=batch.position_ids[:1, :P], use_cache=True,
-                     **({"logits_to_keep": 1} if _keeps_logits(model) else {}))
-        cache = output_cache(head)
-        cache.batch_select_indices(torch.zeros(len(batch.input_ids), dtype=torch.long, device=targets.device))
-        nll = token_nll(head.logits[:, -1].expand(len(targets), -1), targets[:, P - 1])
-        kwargs = {"use_cache": True, cache_kwarg(model): cache}
+        head, cache = write_cache(model, input_ids=batch.input_ids[:1, :P], position_ids=batch.position_ids[:1, :P],
+                                  **({"logits_to_keep": 1} if _keeps_logits(model) else {}))
+        if cache is not None:
+            cache.batch_select_indices(torch.zeros(len(batch.input_ids), dtype=torch.long, device=targets.device))
+            rest = _rows_nll(model, batch, targets, P, cache)
+            if rest is not None:  # else the model read no cache: every row runs whole
+                return token_nll(head.logits[:, -1].expand(len(targets), -1), targets[:, P - 1]) + rest
+    return _rows_nll(model, batch, targets, 0, None)
+
+
+def _rows_nll(model, batch: Batch, targets: torch.Tensor, P: int, cache) -> torch.Tensor | None:
+    """Summed NLL of the targets after column P, the rows' first P tokens in `cache` (None: P = 0)."""
     ids, pos, targets = batch.input_ids[:, P:], batch.position_ids[:, P:], targets[:, P:]
-    if _keeps_logits(model):
-        keep = (targets != IGNORE).any(0).nonzero().squeeze(1)
-        logits = model(input_ids=ids, position_ids=pos, logits_to_keep=keep, **kwargs).logits
-        return nll + token_nll(logits, targets[:, keep])
-    return nll + token_nll(model(input_ids=ids, position_ids=pos, **kwargs).logits[:, :-1], targets)
+    keep = (targets != IGNORE).any(0).nonzero().squeeze(1) if _keeps_logits(model) else None
+    kwargs = {} if keep is None else {"logits_to_keep": keep}
+    if cache is None:
+        out = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs)
+    elif (out := read_cache(model, cache, input_ids=ids, position_ids=pos, **kwargs)) is None:
+        return None
+    if keep is None:
+        return token_nll(out.logits[:, :-1], targets)
+    return token_nll(out.logits, targets[:, keep])
 
 
 def check_packing(model, device) -> float:
