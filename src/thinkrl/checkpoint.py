@@ -9,16 +9,19 @@ ones deleted. A directory without a valid manifest is never resumed from. A writ
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 MANIFEST = "MANIFEST.json"
 REQUIRED = ("config.json", "trainer_state.pt")  # and the weights: model.safetensors or its index
+ADAPTER_REQUIRED = ("adapter_config.json", "adapter_model.safetensors", "trainer_state.pt")  # a LoRA run's
 
 
 class CheckpointError(OSError):
@@ -42,12 +45,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+MERGED_COPY = "thinkrl_write_merged"  # set on a PEFT model (`adapters.attach`): also write merged/
+MERGED_DIR = "merged"
+
+
+def is_peft(model) -> bool:
+    """Whether `model` is a PEFT model (LoRA adapters on a base); never imports PEFT."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def write_model(model, tokenizer, directory: Path, model_state: dict | None = None) -> None:
     """A model and its tokenizer in Hugging Face format into `directory` (every model file a
     checkpoint or a final save holds). `model_state`: the full state dict to write instead of the
-    model's own (a sharded model's, gathered by every process)."""
+    model's own (a sharded model's, gathered by every process).
+
+    A PEFT model writes its adapter (adapter_config.json, adapter_model.safetensors: loadable by
+    `PeftModel.from_pretrained` over the base it names) and, when `adapters.attach` marked it
+    (lora.merge), merged/: a copy with the adapter merged in, a plain model with its tokenizer
+    (the training model itself is never merged)."""
+    directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True, state_dict=model_state)
     tokenizer.save_pretrained(directory)
+    if is_peft(model) and getattr(model, MERGED_COPY, False):
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(directory / MERGED_DIR, safe_serialization=True)
+        tokenizer.save_pretrained(directory / MERGED_DIR)
+        del merged
 
 
 def _files(directory: Path) -> list[Path]:
@@ -125,7 +149,9 @@ def is_complete(ckpt: Path) -> bool:
         files = json.loads((ckpt / MANIFEST).read_text())["files"]
         present = {p.relative_to(ckpt).as_posix() for p in _files(ckpt)} - {MANIFEST}
         weights = "model.safetensors" in files or "model.safetensors.index.json" in files
-        if set(files) != present or not weights or any(n not in files for n in REQUIRED):
+        whole = weights and all(n in files for n in REQUIRED)
+        adapter = all(n in files for n in ADAPTER_REQUIRED)  # a LoRA run's: the adapter, not the base
+        if set(files) != present or not (whole or adapter):
             return False
         return all((ckpt / n).stat().st_size == f["size"] for n, f in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -170,9 +196,18 @@ def load_trainer_state(ckpt: Path) -> dict:
 
 
 def load_weights(model, ckpt: Path) -> None:
-    """Load a checkpoint's weights (one safetensors file or an index of shards) into `model`."""
+    """Load a checkpoint's weights (one safetensors file or an index of shards) into `model`; a
+    PEFT model's checkpoint holds its adapter alone (`_load_adapter`)."""
     from safetensors.torch import load_file
 
+    adapter = (ckpt / "adapter_model.safetensors").exists()
+    if is_peft(model) or adapter:
+        if not (is_peft(model) and adapter):
+            held, wanted = ("a LoRA adapter", "every weight") if adapter else ("every weight", "a LoRA adapter")
+            raise ValueError(f"{ckpt} holds {held} but this run trains {wanted}: resume with the run's own "
+                             "model.lora settings")
+        _load_adapter(model, ckpt, load_file(str(ckpt / "adapter_model.safetensors")))
+        return
     index = ckpt / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
     state = {}
@@ -183,3 +218,29 @@ def load_weights(model, ckpt: Path) -> None:
     if set(missing) - tied or unexpected:
         raise ValueError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]})")
+
+
+def _load_adapter(model, ckpt: Path, state: dict) -> None:
+    """Load a checkpoint's adapter weights into a PEFT model; a checkpoint of other adapter
+    settings (rank, alpha, target modules) is refused, naming what differs."""
+    from peft import set_peft_model_state_dict
+
+    saved = json.loads((ckpt / "adapter_config.json").read_text())
+    mine = model.peft_config["default"].to_dict()
+    differ = [f"{k} {saved.get(k)!r} there, {mine.get(k)!r} here" for k in ("r", "lora_alpha", "target_modules")
+              if _comparable(saved.get(k)) != _comparable(mine.get(k))]
+    if differ:
+        raise ValueError(f"{ckpt}: its adapter does not match this run's ({'; '.join(differ)}); resume with the "
+                         "run's own model.lora settings")
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"{ckpt}: its adapter weights do not fit this model: {str(e).splitlines()[0]}") from None
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{ckpt}: adapter weights do not match the model (missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(result.unexpected_keys)[:5]})")
+
+
+def _comparable(value):
+    return sorted(value) if isinstance(value, (list, set, tuple)) else value

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import checks
+from .adapters import lora_problems
 from .checks import ConfigError
 from .rewards.settings import reward_problems
 from .config_io import load_into
@@ -198,6 +199,7 @@ def validate(cfg: Config) -> None:
     need(e.samples >= 1, "eval.samples must be >= 1")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype {cfg.model.dtype!r}: use auto, float32 or bfloat16")
     errors += run_problems(cfg.run)
+    errors += lora_problems(cfg.model.lora, "model.lora", objective=o, parallel=t.parallel)
     need(opt.weight_decay >= 0, "optim.weight_decay must be >= 0")
     need(all(0 <= b < 1 for b in opt.betas), f"optim.betas {list(opt.betas)}: each must be in [0, 1), e.g. [0.9, 0.99]")
     need(cfg.data.eval_size >= 0, "data.eval_size must be >= 0 (0 = all)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .adapters import adapter_base, merged_adapter
 from .checkpoint import write_model
 
 
@@ -81,12 +82,18 @@ def disable_dropout(model):
 
 def load_model(path: str, device: torch.device, requires_grad: bool = True):
     """A causal LM from a local directory or a hub id, in float32 (mixed precision is by autocast),
-    with dropout off (`disable_dropout`), as every trainer here needs it."""
+    with dropout off (`disable_dropout`), as every trainer here needs it. A LoRA run's output (a
+    directory with adapter_config.json and no config.json) loads as its base with the adapter
+    merged in: a plain model, for evaluation, a teacher or the next stage's start."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # thinkrl shows its own progress
-    model = disable_dropout(_from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch.float32))
+    base = adapter_base(resolve_model_path(path))
+    if base is not None:
+        model = disable_dropout(merged_adapter(load_model(base, device), resolve_model_path(path)))
+    else:
+        model = disable_dropout(_from_pretrained(AutoModelForCausalLM, path, "model", dtype=torch.float32))
     model.to(device)
     if not requires_grad:
         model.eval().requires_grad_(False)
@@ -188,7 +195,8 @@ class SequenceBatch:
 
 def cache_kwarg(model) -> str:
     """The name of the KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward  # PEFT: its base's
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def output_cache(out):

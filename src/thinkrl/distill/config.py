@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..sections import ModelSection, RunOptions, Sampling
+from ..adapters import lora_problems
+from ..sections import ModelSection, RunOptions, Sampling, TrainedModel
 from ..config import ConfigError
 from ..config_io import load_into
 from ..sections import EvalProtocol
@@ -20,7 +21,7 @@ from ..train.sft_config import SFTConfig, validate_sft
 FORMATS = ("format", "format_lenient", "none")
 
 
-ModelRef = ModelSection  # teacher and student: the shared model section
+ModelRef = ModelSection  # the teacher: the shared model section (the student is a TrainedModel: plus lora)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _default_sft():
 class DistillConfig:
     mode: str = "sft"  # sft (the R1 recipe) | on_policy
     teacher: ModelRef = field(default_factory=ModelRef)
-    student: ModelRef = field(default_factory=lambda: ModelRef(path=""))
+    student: TrainedModel = field(default_factory=lambda: TrainedModel(path=""))  # student.lora: adapters
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
     sample: TeacherSampling = field(default_factory=TeacherSampling)
     filter: FilterConfig = field(default_factory=FilterConfig)
@@ -112,6 +113,7 @@ class DistillConfig:
 # the SFT settings distill fills in itself, and where the user sets them instead
 _SFT_OWNED = {("model", "path"): "student.path (--student)", ("model", "tokenizer"): "student.tokenizer",
               ("model", "device"): "student.device", ("model", "dtype"): "student.dtype",
+              ("model", "lora"): "student.lora",
               ("data", "train"): "data.dataset (--data) or data.prompts", ("data", "template"): "data.template",
               ("data", "prompt_field"): "data.prompt_field (the --data column; distill.jsonl has prompt/response)",
               ("data", "response_field"): "data.response_field (the --data column; distill.jsonl has prompt/response)"}
@@ -154,6 +156,7 @@ def validate(cfg: DistillConfig) -> None:
     need(op.max_grad_norm >= 0 and op.warmup_steps >= 0 and op.save_every >= 0 and op.keep_checkpoints >= 1,
          "on_policy.max_grad_norm, warmup_steps, save_every must be >= 0 and keep_checkpoints >= 1")
     need(op.max_bad_steps >= 1, "on_policy.max_bad_steps must be >= 1")
+    errors += lora_problems(cfg.student.lora, "student.lora")
     need(e.size >= 0 and e.every >= 0 and e.samples >= 1 and e.max_new_tokens > 0 and e.batch_size >= 1,
          "eval.size and eval.every must be >= 0; eval.samples, max_new_tokens, batch_size positive")
     need(e.temperature > 0 and 0 < e.top_p <= 1,
@@ -167,7 +170,7 @@ def validate(cfg: DistillConfig) -> None:
             validate_sft(sft_config(cfg, "distill.jsonl"))
         except ConfigError as err:
             errors += [re.sub(r"\b(model|data|optim|train)\.", r"sft.\1.", line.strip()[2:])
-                       for line in str(err).splitlines()[1:]]
+                       for line in str(err).splitlines()[1:] if "model.lora" not in line]  # said as student.lora
     if errors:
         raise ConfigError("invalid distill configuration:\n  - " + "\n  - ".join(errors))
 
@@ -177,6 +180,7 @@ def sft_config(cfg: DistillConfig, train: str | Path):
     s = copy.deepcopy(cfg.sft)
     s.model.path, s.model.tokenizer = cfg.student.path, cfg.student.tokenizer
     s.model.device, s.model.dtype = cfg.student.device, cfg.student.dtype
+    s.model.lora = copy.deepcopy(cfg.student.lora)
     s.data.train, s.data.template = str(train), cfg.data.template
     s.run.progress = s.run.progress and cfg.run.progress
     return s

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from ..adapters import attach
 from ..data import PromptSampler
 from .config import DistillConfig, DistillError
 from .evaluate import evaluate_model
@@ -118,7 +119,7 @@ class OnPolicyDistiller(TrainingRun):
         check_same_vocabulary(self.tok, load_tokenizer(cfg.teacher.tokenizer or cfg.teacher.path),
                               cfg.student.path, cfg.teacher.path)
         self.device, self.teacher_device = resolve_device(cfg.student.device), resolve_device(cfg.teacher.device)
-        self.student = load_model(cfg.student.path, self.device)
+        self.student = attach(load_model(cfg.student.path, self.device), cfg.student.lora)  # student.lora.r > 0
         self.student.train()
         if op.gradient_checkpointing:
             enable_gradient_checkpointing(self.student, "on_policy.gradient_checkpointing")
@@ -132,7 +133,8 @@ class OnPolicyDistiller(TrainingRun):
         self.rows, self.prompts = self._fit(rows, context, "training")
         self.held, self.held_prompts = self._fit(held, context, "held-out") if held else ([], [])
         self.engine = make_engine("hf", self.student, self.tok, self.device)
-        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=op.lr, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW([p for p in self.student.parameters() if p.requires_grad], lr=op.lr,
+                                           weight_decay=0.0)  # with LoRA: the adapters'
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(  # a linear warm-up, then constant
             self.optimizer, lambda i: lr_factor(i, op.steps, op.warmup_steps, "constant"))
         self.sampler = PromptSampler(len(self.rows), cfg.run.seed)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from .. import distributed
+from ..adapters import attach, reference
 from ..config import Config, validate_world
 from ..data import PromptSampler, load_dataset
 from ..evaluation.heldout import evaluate
@@ -76,12 +77,13 @@ class GRPOTrainer(GRPORun):
         self.is_main = self.rank == 0
         validate_world(cfg, self.world)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-        self.policy = load_model(cfg.model.path, self.device)
+        self.policy = attach(load_model(cfg.model.path, self.device), cfg.model.lora)  # model.lora.r > 0: adapters
         self.policy.train()
         if t.gradient_checkpointing:  # less activation memory, the same values (policy.completion_logprobs)
             enable_gradient_checkpointing(self.policy)
-        # β = 0: no reference model is loaded at all
-        self.ref = load_model(cfg.model.path, self.device, requires_grad=False) if cfg.objective.beta > 0 else None
+        # β = 0: no reference model at all; with adapters, the policy with them off (no second copy)
+        self.ref = reference(self.policy, lambda: load_model(cfg.model.path, self.device, requires_grad=False)) \
+            if cfg.objective.beta > 0 else None
         self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
         rw = cfg.rewards
         if rw.by_type:  # R1 stage 4: each row's type picks its rewards
@@ -99,7 +101,8 @@ class GRPOTrainer(GRPORun):
             self.eval_rows, self.eval_prompts = self._prepare(rows[: d.eval_size or None], "eval")
 
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=o.lr,
+                                           betas=o.betas, weight_decay=o.weight_decay)  # with LoRA: the adapters'
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.sampler = PromptSampler(len(self.train_rows), cfg.run.seed)
         self.generator = torch.Generator().manual_seed(cfg.run.seed + self.rank * 1_000_003)  # rank 0: as one process

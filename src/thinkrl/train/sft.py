@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from ..adapters import attach
 from ..config import ConfigError
 from ..config_io import to_yaml
 from ..data import DataError, PromptSampler
@@ -72,7 +73,7 @@ class SFTTrainer(TrainingRun):
         self.begin(run_dir, cfg.run.seed, cfg.run.threads, t.max_bad_steps)
         self.device = resolve_device(cfg.model.device)
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
-        self.model = load_model(cfg.model.path, self.device)
+        self.model = attach(load_model(cfg.model.path, self.device), cfg.model.lora)  # model.lora.r > 0: adapters
         self.model.train()
         if t.gradient_checkpointing:  # less activation memory, the same values (sft_loss.batch_nll)
             enable_gradient_checkpointing(self.model)
@@ -101,8 +102,8 @@ class SFTTrainer(TrainingRun):
         self.total_samples = t.epochs * len(self.train)
         self.total_steps = -(-self.total_samples // t.batch_size)
         warmup = o.warmup_steps or round(o.warmup_ratio * self.total_steps)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=o.lr,
+                                           betas=o.betas, weight_decay=o.weight_decay)  # with LoRA: the adapters'
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda i: lr_factor(i, self.total_steps, warmup, o.schedule))
         self.sampler = PromptSampler(len(self.train), cfg.run.seed)  # the seeded order of each epoch, resumable

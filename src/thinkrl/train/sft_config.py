@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from ..config import ConfigError
 from ..config_io import load_into
-from ..sections import ModelSection, RunOptions, run_problems
+from ..adapters import lora_problems
+from ..sections import RunOptions, TrainedModel, run_problems
 
 
-SFTModelConfig = ModelSection  # the shared model section (a distillation student keeps its own tokenizer)
+SFTModelConfig = TrainedModel  # the shared model section and its adapters (model.lora)
 
 
 @dataclass
@@ -105,6 +106,7 @@ def validate_sft(cfg: SFTConfig) -> None:
     need(t.log_every >= 1, "train.log_every must be >= 1")
     need(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
     errors += run_problems(cfg.run)
+    errors += lora_problems(cfg.model.lora, "model.lora")
     need(cfg.model.dtype in ("auto", "float32", "bfloat16"), f"model.dtype={cfg.model.dtype!r}: use auto, float32 "
          "or bfloat16")
     if errors:
