@@ -28,9 +28,10 @@ backward and kept). The subtraction is honest only if the run sets a new peak, w
 checked (`new_peak`). The children run with MALLOC_MMAP_THRESHOLD_=131072: glibc then maps
 every block of 128 KiB or more on its own and unmaps it when freed, so the resident set
 follows the live tensors. With glibc's default (a threshold that grows to 32 MiB as blocks are
-freed) freed memory stays resident and the peak measures the allocator's history: here
-1000 MB without and 803 MB with checkpointing, against 876 and 383 MB with the fixed
-threshold, which match autograd's account below. --malloc-default keeps glibc's default.
+freed) freed memory stays resident and the peak measures the allocator's history: here, at
+--completion-len 128, 1000 MB without and 803 MB with checkpointing, against 876 and 383 MB
+with the fixed threshold, which match autograd's account below. --malloc-default keeps
+glibc's default.
 CUDA: torch.cuda.max_memory_allocated minus the allocation before.
 Autograd's own account is printed too: the bytes of the tensors it saves for the backward
 (saved_tensors_hooks), per token of the batch. With checkpointing that count leaves out the
