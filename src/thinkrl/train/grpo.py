@@ -51,6 +51,7 @@ from ..policy import (SequenceBatch, autocast, completion_logprobs, enable_gradi
 from ..rewards.combine import TypedRewards, WeightedRewards
 from ..rollout import SamplingParams, make_engine
 from .grpo_state import GRPORun
+from ..sharding import clip_grad_norm, gathered, shard_model
 from ..template import render
 
 log = logging.getLogger("thinkrl")
@@ -84,6 +85,11 @@ class GRPOTrainer(GRPORun):
         # β = 0: no reference model at all; with adapters, the policy with them off (no second copy)
         self.ref = reference(self.policy, lambda: load_model(cfg.model.path, self.device, requires_grad=False)) \
             if cfg.objective.beta > 0 else None
+        # train.parallel=fsdp under torchrun: parameters, gradients and optimizer state sharded (one process: as is)
+        self.sharded = cfg.train.parallel == "fsdp" and self.world > 1
+        for model in (self.policy, self.ref) if self.sharded else ():
+            if model is not None:
+                shard_model(model, self.device)
         self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
         rw = cfg.rewards
         if rw.by_type:  # R1 stage 4: each row's type picks its rewards
@@ -107,7 +113,7 @@ class GRPOTrainer(GRPORun):
         self.sampler = PromptSampler(len(self.train_rows), cfg.run.seed)
         self.generator = torch.Generator().manual_seed(cfg.run.seed + self.rank * 1_000_003)  # rank 0: as one process
         self.track(self.policy, self.tokenizer, self.optimizer, self.scheduler, self.sampler, self.generator,
-                   keep=t.keep_checkpoints)
+                   keep=t.keep_checkpoints, sharded_optimizer=t.parallel == "fsdp")
         self.open(resume, cfg.to_yaml(), cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
 
     # ------------------------------------------------------------------ data
@@ -150,7 +156,8 @@ class GRPOTrainer(GRPORun):
         rows = [self.train_rows[i] for i in idx]
         params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop))
-        rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
+        with gathered(self.policy):  # sharded: the whole model on every process while it samples
+            rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
         self._sync()
         timing["generate"] = time.perf_counter() - t0
 
@@ -253,7 +260,9 @@ class GRPOTrainer(GRPORun):
         prof = {} if prof is None else prof
         t2 = time.perf_counter()
         lengths = [len(c) for c in completion_ids]
-        keep = torch.arange(len(lengths)) if o.beta > 0 else (advantages != 0).nonzero().flatten()
+        # sharded, every process runs as many forward passes as the others (their collectives pair up)
+        everything = o.beta > 0 or self.sharded
+        keep = torch.arange(len(lengths)) if everything else (advantages != 0).nonzero().flatten()
         n_seq, n_tok, n_keep, keep_tok = distributed.sum_values(
             [len(lengths), sum(lengths), len(keep), sum(lengths[i] for i in keep.tolist())], dtype=torch.int64)
         norm = Normaliser(n_seq, max(n_tok, 1), r.max_new_tokens)
@@ -298,7 +307,8 @@ class GRPOTrainer(GRPORun):
                 w = mb.completion_mask.sum().item() / ntok
                 for k in acc:
                     acc[k] += st[k] * w
-            distributed.sum_gradients(self.policy)  # the whole batch's gradient, on every process
+            if not self.sharded:  # sharded, the backward pass summed them (sharding.shard_model)
+                distributed.sum_gradients(self.policy)  # the whole batch's gradient, on every process
             loss_sum, *summed = distributed.sum_values([loss_sum, *acc.values()])
             acc = dict(zip(acc, summed))
             out.update(acc, loss=loss_sum)
@@ -306,7 +316,7 @@ class GRPOTrainer(GRPORun):
             t4 = time.perf_counter()
             prof["forward_backward"] += t4 - ti
             max_norm = cfg.optim.max_grad_norm or float("inf")
-            out["grad_norm"] = grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm))
+            out["grad_norm"] = grad_norm = clip_grad_norm(self.policy.parameters(), max_norm)
             out["skip_cause"] = nonfinite_cause(loss_sum, grad_norm)
             if out["skip_cause"]:  # never apply a NaN/inf update (the loss and gradient are every process's)
                 if self.is_main:
@@ -326,14 +336,15 @@ class GRPOTrainer(GRPORun):
     # ------------------------------------------------------------------ the run
     def evaluate(self) -> dict:
         """Held-out metrics, measured by rank 0 while the other processes wait ({} on them)."""
-        if not self.eval_rows or not self.is_main:
+        with gathered(self.policy):  # sharded: every process gathers the model; rank 0 samples alone
+            if not self.eval_rows or not self.is_main:
+                distributed.barrier()
+                return {}
+            t = time.perf_counter()
+            out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.run.seed + 1)
+            out["timing/eval"] = time.perf_counter() - t
             distributed.barrier()
-            return {}
-        t = time.perf_counter()
-        out = evaluate(self.engine, self.eval_prompts, self.eval_rows, self.cfg, seed=self.cfg.run.seed + 1)
-        out["timing/eval"] = time.perf_counter() - t
-        distributed.barrier()
-        return out
+            return out
 
     @gives_threads_back
     def run(self) -> dict:
