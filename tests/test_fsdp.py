@@ -27,9 +27,11 @@ CASES = {  # name: config overrides of the update
     "grpo": {"objective.loss_agg": "grpo"},
     "dapo_beta_mu2": {"objective.loss_agg": "dapo", "objective.beta": 0.04, "objective.mu": 2},
     "dr_grpo_idle_rank": {"objective.loss_agg": "dr_grpo"},  # the second process's advantages are all 0
+    "grpo_checkpointing": {"objective.loss_agg": "grpo", "train.gradient_checkpointing": True},
 }
 RUN = {"train.prompts_per_step": 2, "train.micro_batch_size": 4, "train.save_every": 2, "eval.every": 0,
        "data.eval": "none", "optim.lr": 1e-3, "objective.beta": 0.04, "train.parallel": "fsdp",
+       "objective.ref_reset_every": 1,  # the reference is reset, saved whole and loaded into shards too
        "rewards.weights": "{'tests.test_distributed:length_reward': 1.0}"}  # uneven rewards: something to learn
 
 
@@ -84,7 +86,8 @@ def resume(model_dir, data, run_dir, steps: int) -> dict:
     trainer = GRPOTrainer(load_config(None, random_model_overrides(model_dir, data, **RUN, **{
         "train.steps": steps})), run_dir, resume=True)
     loaded = {"step": trainer.step, "optimizer": optimizer_state(trainer),
-              "weights": {n: full(p) for n, p in trainer.policy.named_parameters()}}
+              "weights": {n: full(p) for n, p in trainer.policy.named_parameters()},
+              "ref": {n: full(p) for n, p in trainer.ref.named_parameters()}}
     summary = trainer.run()
     return {"loaded": loaded, "summary": summary}
 
@@ -108,6 +111,7 @@ def assert_loaded(loaded: dict, ckpt: Path) -> None:
     assert any(float(s["exp_avg"].abs().sum()) > 0 for s in optim.values())  # a state worth comparing
     for name, w in loaded["weights"].items():
         assert torch.equal(w, weights[name]), name
+        assert torch.equal(loaded["ref"][name], weights[name]), name  # π_ref ← π_θ at every step, then saved
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,18 @@ class GRPORun(TrainingRun):
     desc = "GRPO"
 
     def extra_state(self) -> dict:
-        keep = self.ref is not None and self.cfg.objective.ref_reset_every
-        return {"ref_model": self.ref.state_dict() if keep else None}
+        if not (self.ref is not None and self.cfg.objective.ref_reset_every):
+            return {"ref_model": None}
+        if sharding.is_sharded(self.ref):  # the whole reference, gathered to rank 0 (every process calls this)
+            return {"ref_model": sharding.full_state_dict(self.ref)}
+        return {"ref_model": self.ref.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
         if self.ref is not None and state.get("ref_model") is not None:
-            self.ref.load_state_dict(state["ref_model"])
+            if sharding.is_sharded(self.ref):
+                sharding.load_full_state(self.ref, state["ref_model"])
+            else:
+                self.ref.load_state_dict(state["ref_model"])
 
     def write_summary(self, interrupted: bool = False, error: str | None = None) -> dict:
         """summary.json and report.html, by rank 0; every process returns the summary. With
