@@ -151,6 +151,9 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, qwen2_dir):
     from thinkrl.checkpoint import verify
 
     assert verify(ckpt)  # the manifest covers the shards
+    from thinkrl.metrics import read_metrics
+
+    assert [r["eval/accuracy"] is not None for r in read_metrics(two)] == [True, True, True]  # steps 0, 1, 2
     out = resume(qwen2_dir, runs["data"], two, steps=3)
     assert_loaded(out["loaded"], ckpt)
     assert out["summary"]["steps"] == 3 and out["summary"]["error"] is None
@@ -174,7 +177,8 @@ def test_a_sharded_checkpoint_is_not_resumed_as_ddp(runs, qwen2_dir):
 def worker(model_dir: str, data: str, tmp: str) -> None:
     tmp = Path(tmp)
     split = {case: run_update(model_dir, data, tmp / "split" / case, case) for case in CASES}
-    GRPOTrainer(load_config(None, random_model_overrides(model_dir, data, **RUN, **{"train.steps": 2})),
+    evaluated = {"data.eval": data, "data.eval_size": 4, "eval.every": 1}  # rank 0 samples from the gathered model
+    GRPOTrainer(load_config(None, random_model_overrides(model_dir, data, **{**RUN, **evaluated, "train.steps": 2})),
                 tmp / "two").run()
     one_to_two = resume(model_dir, data, tmp / "one_to_two", steps=3)
     if distributed.is_main():
