@@ -134,7 +134,8 @@ def load_tokenizer(path: str):
     pre-tokenizer and decoder around the file's vocabulary: a model's own tokenizer (digits split,
     no NFC, ...) would become Qwen2's, in every checkpoint too. When so, the generic
     TokenizersBackend is loaded instead: the file verbatim, with tokenizer_config.json's settings."""
-    from transformers import AutoTokenizer, TokenizersBackend
+    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast as TokenizersBackend  # its name in transformers 5; 4.x too
 
     tok = _from_pretrained(AutoTokenizer, path, "tokenizer")
     own_class = isinstance(tok, TokenizersBackend) and type(tok) is not TokenizersBackend  # else it read the file as is
