@@ -194,10 +194,15 @@ class SequenceBatch:
         return cls(ids.to(device), attn.to(device), ids[:, P:].to(device), comp_mask.to(device), P, groups)
 
 
+def forward_parameters(model) -> set[str]:
+    """The names `model`'s forward takes (a PEFT model's are its base's, which it passes them to)."""
+    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward
+    return set(inspect.signature(forward).parameters)
+
+
 def cache_kwarg(model) -> str:
     """The name of the KV-cache argument: `cache` in transformers >= 5.2x, `past_key_values` before."""
-    forward = model.get_base_model().forward if hasattr(model, "get_base_model") else model.forward  # PEFT: its base's
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 def output_cache(out):

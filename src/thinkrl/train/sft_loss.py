@@ -5,13 +5,11 @@ apart."""
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
-from ..policy import read_cache, write_cache
+from ..policy import forward_parameters, read_cache, write_cache
 from .sft_data import IGNORE, Batch
 
 
@@ -35,7 +33,7 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, normaliser: float
 
 
 def _keeps_logits(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return "logits_to_keep" in forward_parameters(model)  # a PEFT model passes it on to its base
 
 
 def batch_nll(model, batch: Batch) -> torch.Tensor:
