@@ -52,6 +52,7 @@ def test_misspelt_key_suggests_the_nearest(tmp_path):
         ("rollout.temperature=0", "temperature must be > 0"),
         ("objective.ref_reset_every=400", "no reference model to reset"),
         ("rewards.weights={acuracy: 1.0}", "did you mean 'accuracy'"),
+        ("train.parallel=zero3", "use ddp .* or fsdp"),
     ],
 )
 def test_impossible_values_fail_at_start_with_a_fix(override, message):
