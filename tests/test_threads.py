@@ -1,6 +1,6 @@
-"""torch's thread count is the caller's again when a piece of work ends: a training run, a
-pipeline stage (the pipeline runs its stages in one process, so one stage's `threads` must
-not reach the next), a reward model's training."""
+"""torch's thread count (and deterministic-algorithms setting) is the caller's again when a
+piece of work ends: a training run, a pipeline stage (the pipeline runs its stages in one
+process, so one stage's `threads` must not reach the next), a reward model's training."""
 
 import pytest
 import torch
@@ -39,10 +39,13 @@ def test_every_pipeline_stage_kind_gives_the_thread_count_back(two_threads, tmp_
 def test_a_training_run_gives_the_thread_count_back(two_threads, tmp_path, qwen2_dir):
     cfg = load_config(None, random_model_overrides(qwen2_dir, small_dataset(tmp_path), **{
         "train.steps": 1, "run.threads": 1, "eval.every": 0, "train.save_every": 0}))
+    assert not torch.are_deterministic_algorithms_enabled()
     trainer = GRPOTrainer(cfg, tmp_path / "run")
     assert torch.get_num_threads() == 1  # the run's own setting while it works
+    assert torch.are_deterministic_algorithms_enabled()  # on CPU: the same seed gives the same run at any thread count
     trainer.run()
     assert torch.get_num_threads() == 2
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting again
 
 
 def test_a_distillation_gives_the_thread_count_back(two_threads, tmp_path):

@@ -110,9 +110,14 @@ class TrainingRun:
         self.metrics = NoMetrics()
 
     def give_threads_back(self) -> None:
+        """torch's thread count, and its deterministic-algorithms setting, as they were before the run."""
         before = getattr(self, "threads_before", None)
         if before is not None:
             torch.set_num_threads(before)
+        deterministic = getattr(self, "deterministic_before", None)
+        if deterministic is not None:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+            self.deterministic_before = None
 
     def track(self, model, tokenizer, optimizer, scheduler, sampler=None, generator=None, keep: int = 2,
               sharded_optimizer: bool = False) -> None:
@@ -125,6 +130,12 @@ class TrainingRun:
         self._model, self._tokenizer, self._optimizer, self._scheduler = model, tokenizer, optimizer, scheduler
         self._sampler, self._generator, self._keep = sampler, generator, keep
         self._sharded_optimizer = sharded_optimizer
+        if next(model.parameters()).device.type == "cpu":  # the same seed, the same run (see below)
+            self.deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                                         torch.is_deterministic_algorithms_warn_only_enabled())
+            # with several threads some CPU kernels round differently from run to run (measured: three
+            # runs of the main job at 2 threads parted at steps 10-12; with this, three were identical)
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
     def update_or_skip(self, cause: str) -> None:
         """The end of one step: the optimizer step, or, for a NaN/inf loss or gradient (`cause`),
