@@ -46,7 +46,7 @@ def rank_reward(completions, **kwargs):
     return [float(os.environ["RANK"])] * len(completions)
 
 
-def fixed_groups(case: str, vocab: int) -> list[tuple[list[int], list[list[int]], torch.Tensor]]:
+def fixed_groups(vocab: int, idle_rank: bool = False) -> list[tuple[list[int], list[list[int]], torch.Tensor]]:
     """Four questions × G completions of fixed token ids and advantages: (prompt, completions,
     advantages) per group. Group 2's advantages are 0 (left out of the backward when β = 0);
     in the idle-rank case so are groups 1 and 3, the second process's share."""
@@ -58,7 +58,7 @@ def fixed_groups(case: str, vocab: int) -> list[tuple[list[int], list[list[int]]
     groups = []
     for q in range(4):
         prompt, completions, adv = ids(3, 9), [ids(1, 9) for _ in range(G)], torch.randn(G, generator=g)
-        if q == 2 or (case == "dapo_idle_rank" and q % 2):
+        if q == 2 or (idle_rank and q % 2):
             adv = torch.zeros(G)
         groups.append((prompt, completions, adv))
     return groups
@@ -76,7 +76,7 @@ def run_update(model_dir, data, run_dir, case: str, micro: int) -> dict:
         with torch.no_grad():
             for p in trainer.ref.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    mine = distributed.shard(fixed_groups(case, trainer.policy.config.vocab_size))
+    mine = distributed.shard(fixed_groups(trainer.policy.config.vocab_size, case == "dapo_idle_rank"))
     stats = trainer.update([p for p, cs, _ in mine for _ in cs], [c for _, cs, _ in mine for c in cs],
                            torch.cat([a for _, _, a in mine]))
     return {**{k: stats[k] for k in ("loss", "kl", "clip_frac", "grad_norm")},

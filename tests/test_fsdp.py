@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_distributed import torchrun
+from tests.test_distributed import fixed_groups, torchrun
 from tests.test_trainer import random_model_overrides, small_dataset
 from thinkrl import distributed, sharding
 from thinkrl.config import load_config
@@ -33,21 +33,6 @@ RUN = {"train.prompts_per_step": 2, "train.micro_batch_size": 4, "train.save_eve
        "data.eval": "none", "optim.lr": 1e-3, "objective.beta": 0.04, "train.parallel": "fsdp",
        "objective.ref_reset_every": 1,  # the reference is reset, saved whole and loaded into shards too
        "rewards.weights": "{'tests.test_distributed:length_reward': 1.0}"}  # uneven rewards: something to learn
-
-
-def fixed_groups(vocab: int, idle_rank: bool):
-    g = torch.Generator().manual_seed(0)
-
-    def ids(lo, hi):
-        return torch.randint(3, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
-
-    groups = []
-    for q in range(4):
-        prompt, completions, adv = ids(3, 9), [ids(1, 9) for _ in range(G)], torch.randn(G, generator=g)
-        if q == 2 or (idle_rank and q % 2):
-            adv = torch.zeros(G)
-        groups.append((prompt, completions, adv))
-    return groups
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
