@@ -57,6 +57,18 @@ def llama_dir(tmp_path_factory):
     return make_model_dir(tmp_path_factory.mktemp("llama"), "llama")
 
 
+@pytest.fixture(autouse=True)
+def torch_settings_given_back():
+    """A test that builds a trainer and calls its parts without `run()` (which gives the
+    process-wide settings back) must not hand its thread count or deterministic-algorithms
+    setting to the tests after it."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models run fastest on one torch thread, and the machine is shared; the count is

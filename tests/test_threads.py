@@ -16,6 +16,7 @@ from thinkrl.train.grpo import GRPOTrainer
 def two_threads():
     before = torch.get_num_threads()
     torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)  # the caller's setting, which a run must give back
     yield
     torch.set_num_threads(before)
 
