@@ -289,7 +289,7 @@ def test_registry_and_import_paths():
     assert get_reward("format") is format_reward
     assert get_reward("thinkrl.rewards.format:format_reward") is format_reward
     assert get_reward("tests.test_rewards:broken_reward") is broken_reward
-    with pytest.raises(ValueError, match="registered: accuracy, code, cosine_length, format"):
+    with pytest.raises(ValueError, match="registered: accuracy, code, column_steps, cosine_length, format"):
         get_reward("acuracy")
     with pytest.raises(ValueError, match="cannot import"):
         get_reward("nowhere.module:fn")

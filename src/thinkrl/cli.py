@@ -262,10 +262,16 @@ def _grpo(args, out: Path | None, config_path: str | None) -> int:
 def _score(args) -> int:
     from .rewards import get_reward  # deferred, as below: math-verify, sympy
     from .evaluation.score import format_summary, score_file
+    from .rewards.steps import split_problems
 
     names = [n.strip() for n in args.rewards.split(",") if n.strip()]
     if not 0 < args.timeout < float("inf"):
         print(f"thinkrl score: --timeout must be a positive number of seconds, got {args.timeout}", file=sys.stderr)
+        return 2
+    split_bad = [] if args.step_split is None else split_problems(args.step_split, "--step-split") or (
+        [] if args.step_split else ["--step-split is empty; leave it out for each step reward's own split"])
+    if split_bad:
+        print(f"thinkrl score: {split_bad[0]}", file=sys.stderr)
         return 2
     try:
         for name in names:  # a user's module is imported within --timeout (one that hangs or exits is an error)
@@ -283,7 +289,7 @@ def _score(args) -> int:
         print(f"thinkrl score: no such file {args.data}", file=sys.stderr)
         return 2
     try:  # settings a reward does not take or refuses, an --out that is the input, data that is not UTF-8
-        result = score_file(names, args.data, args.out, params, timeout_s=args.timeout)
+        result = score_file(names, args.data, args.out, params, timeout_s=args.timeout, step_split=args.step_split)
     except (ValueError, OSError) as e:
         print(f"thinkrl score: {e}", file=sys.stderr)
         return 2
@@ -342,6 +348,8 @@ def _tool_parser(name: str) -> argparse.ArgumentParser:
         p.add_argument("--param", action="append", default=[], metavar="REWARD.KEY=VALUE",
                        help="a reward's setting, e.g. accuracy.source=final (repeatable)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds a reward may take on one batch")
+        p.add_argument("--step-split", default=None, metavar="REGEX",
+                       help="separator of the steps the step rewards score (default: each step reward's own)")
     elif name == "analyze":
         p.add_argument("run_dir")
     return p

@@ -27,9 +27,12 @@ Registered:
 | `reward_model` | a trained reward model's score (`thinkrl rm`; R1 stage 4, general prompts) | `model` |
 | `helpfulness` | a reward model on the final summary only (R1 stage 4) | `model` |
 | `harmlessness` | a reward model on the whole response, reasoning included (R1 stage 4) | `model` |
+| `column_steps` | step reward: each column equation of the embedded task checked (process supervision) | `column_steps` |
 
 Rewards are chosen and weighted by name in the config (`rewards.weights`), or by an import
-path `package.module:function` for a user's own.
+path `package.module:function` for a user's own. Step rewards (a score per reasoning step, for
+`objective.advantage: process`) follow their own contract (`rewards.steps`) and are named in
+`rewards.step_weights`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .code import code_reward
+from .column_steps import column_steps_reward
 from .format import format_lenient_reward, format_reward, tag_count_reward
 from .language import language_consistency_reward
 from .length import cosine_length_reward, overlong_penalty_reward
@@ -60,6 +64,7 @@ REWARDS: dict[str, Reward] = {
     "reward_model": reward_model_reward,
     "helpfulness": helpfulness_reward,
     "harmlessness": harmlessness_reward,
+    "column_steps": column_steps_reward,
 }
 
 

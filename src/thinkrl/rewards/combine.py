@@ -51,13 +51,32 @@ def _in_daemon_thread(name: str, timeout_s: float, fn, *args, **kwargs):
     return box["value"]
 
 
-def _call_reward(name: str, completions: list[str], kwargs: dict, path: list[str] | None = None) -> list[Scored]:
-    """Runs in a reward worker: the reward by name or import path, with reasons. `path` is the
-    caller's import path now (the worker may have started before the caller extended it)."""
+def _call_reward(name: str, completions: list[str], kwargs: dict, path: list[str] | None = None, call=None):
+    """Runs in a reward worker: `call(reward, completions, **kwargs)` (default `scores_of`: the
+    values with reasons) for the reward by name or import path. `path` is the caller's import
+    path now (the worker may have started before the caller extended it)."""
     from . import get_reward
 
     sys.path.extend(p for p in path or [] if p not in sys.path)
-    return scores_of(get_reward(name), completions, **kwargs)
+    return (call or scores_of)(get_reward(name), completions, **kwargs)
+
+
+def run_reward(name: str, fn, builtin: bool, completions: list[str], kwargs: dict, timeout_s: float,
+               isolate: bool, call=scores_of):
+    """`call(fn, completions, **kwargs)` for reward `name`: directly for a registered reward;
+    for a user's, in a worker process (`isolate`) or a daemon thread, within `timeout_s`.
+    `call` must be a module-level function (it is sent to the worker by reference)."""
+    if builtin:
+        return call(fn, completions, **kwargs)
+    if isolate:
+        from .pool import shared_pool
+
+        [outcome] = shared_pool(None, 1).map(_call_reward, [(name, completions, kwargs, list(sys.path), call)],
+                                             timeout_s)
+        if outcome.status != "ok":
+            raise RuntimeError(outcome.value)
+        return outcome.value
+    return _in_daemon_thread(name, timeout_s, call, fn, completions, **kwargs)
 
 
 class WeightedRewards:
@@ -79,17 +98,7 @@ class WeightedRewards:
         self.nonfinite = {name: 0 for name in weights}  # NaN/inf values in the last call, per reward
 
     def _run(self, name: str, completions: list[str], kwargs: dict) -> list[Scored]:
-        if self.builtin[name]:
-            return scores_of(self.fns[name], completions, **kwargs)
-        if self.isolate:
-            from .pool import shared_pool
-
-            [outcome] = shared_pool(None, 1).map(_call_reward, [(name, completions, kwargs, list(sys.path))],
-                                                   self.timeout_s)
-            if outcome.status != "ok":
-                raise RuntimeError(outcome.value)
-            return outcome.value
-        return _in_daemon_thread(name, self.timeout_s, scores_of, self.fns[name], completions, **kwargs)
+        return run_reward(name, self.fns[name], self.builtin[name], completions, kwargs, self.timeout_s, self.isolate)
 
     def scores(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
                completion_lengths: list[int] | None = None) -> dict[str, list[Scored]]:

@@ -23,7 +23,7 @@ from typing import Callable
 from ..checks import suggest
 from . import REWARDS
 
-CONTRACT = {"completions", "prompts", "completion_lengths"}  # what the caller passes, never a setting
+CONTRACT = {"completions", "prompts", "completion_lengths", "steps"}  # what the caller passes, never a setting
 COLUMNS = {"answer", "tests", "entry_point"}  # dataset columns a reward names: accepted, not listed as settings
 NOT_PROBED = {"reward_model", "helpfulness", "harmlessness"}  # calling them loads a model
 _PROBE = {"completions": ["<think> 1+1=2 </think> <answer> 2 </answer>"], "prompts": ["What is 1+1?"],
@@ -82,10 +82,13 @@ def reward_problems(rw, max_new_tokens: int) -> list[str]:
             errors.append(f"{where} names unknown reward {name!r}" + suggest(name, sorted(REWARDS))
                           + " (or give an import path package.module:function)")
     bad_settings = set()
+    stepped = getattr(rw, "step_weights", None) or {}  # their settings: rewards.steps.step_reward_problems
     for name, params in rw.params.items():
+        if name in stepped and name not in named:
+            continue
         if name not in named:
-            errors.append(f"rewards.params.{name} sets a reward that is not in rewards.weights or rewards.by_type"
-                          + suggest(name, sorted(named)))
+            errors.append(f"rewards.params.{name} sets a reward that is not in rewards.weights, rewards.by_type "
+                          "or rewards.step_weights" + suggest(name, sorted([*named, *stepped])))
         if not isinstance(params, dict):
             errors.append(f"rewards.params.{name} must be a mapping of keyword settings, got {params!r}")
         elif name in REWARDS:  # a user's reward is checked when it is imported, at the start of the run
