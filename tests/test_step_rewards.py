@@ -187,6 +187,10 @@ def not_spans(completions, *, steps=None, **kwargs):
     return [[Step(len(c), 1.0)] for c in completions]
 
 @step_reward
+def odd(completions, **kwargs):
+    return [0.5 if c.startswith("bad") else [Step(1, 1.0)] for c in completions]
+
+@step_reward
 def nan(completions, **kwargs):
     return [[Step(1, math.nan), Step(2, 1.0)] for c in completions]
 
@@ -237,10 +241,11 @@ FAILED_SPANS = [[(3, -1.0), (5, -1.0), (9, -1.0)], [(6, -1.0), (10, -1.0)]]  # t
     ("short", "", [[], []], 1),  # one list for two completions
     ("too_far", "", [[], []], 2),  # an end past the text, in each completion
     ("backwards", "", [[(1, 1.0)], []], 1),  # only the broken completion fails
+    ("odd", "", [[(1, 1.0)], []], 1),  # a number, not a list of Steps, for one completion
     ("not_spans", r"\s+", FAILED_SPANS, 2),  # ends that are not the spans' ends
 ])
 def test_weighted_step_rewards_count_broken_rewards(user, name, split, expect, errors):
-    texts = ["cat - dog", "bad dog"] if name == "backwards" else TEXTS
+    texts = ["cat - dog", "bad dog"] if name in ("backwards", "odd") else TEXTS
     r = WeightedStepRewards({user(name): 1.0}, split=split, on_error=-1.0, isolate=False)
     got = r.scores(texts, [{}, {}])[user(name)]
     assert [[(s.end, s.score) for s in steps] for steps in got] == expect

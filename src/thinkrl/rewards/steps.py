@@ -162,14 +162,17 @@ def outcome_reward_problems(weights: dict, where: str = "rewards.weights") -> li
 
 
 def _steps_of(fn: Callable, completions: list[str], **kwargs) -> list[list[tuple]]:
-    """A step reward's lists as plain tuples (so that they travel back from a worker whatever
-    the reward's own classes are)."""
-    return [[tuple(s) for s in steps] for steps in fn(completions, **kwargs)]
+    """A step reward's lists with each step as a plain tuple (so that they travel back from a
+    worker whatever the reward's own classes are); anything else is left for `_checked`."""
+    return [[tuple(s) if isinstance(s, (tuple, list)) else s for s in steps] if isinstance(steps, (list, tuple))
+            else steps for steps in fn(completions, **kwargs)]
 
 
 def _checked(got, completion: str, spans: list[tuple[int, int]] | None) -> tuple[list[Step], int]:
     """(the Steps of one completion, how many scores were not finite); ValueError for steps
     that break the contract."""
+    if not isinstance(got, (list, tuple)):
+        raise ValueError(f"the steps of a completion are {got!r}, not a list of Steps")
     steps = []
     for s in got:
         if not isinstance(s, (tuple, list)) or not 2 <= len(s) <= 3:
