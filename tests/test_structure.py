@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("sandbox", ["thinkrl.sandbox", "thinkrl.sandbox.*"]),
     ("policy and objective", ["thinkrl.policy", "thinkrl.objective", "thinkrl.adapters", "thinkrl.sharding"]),
     ("rollout", ["thinkrl.rollout", "thinkrl.rollout.*"]),
-    ("rewards", ["thinkrl.rewards", "thinkrl.rewards.*"]),
+    ("rewards", ["thinkrl.rewards", "thinkrl.rewards.*", "thinkrl.task.steps"]),
     ("config", ["thinkrl.config", "thinkrl.config_io"]),
     ("evaluation", ["thinkrl.evaluation", "thinkrl.evaluation.*"]),
     ("training loops", ["thinkrl.train", "thinkrl.train.*", "thinkrl.distill", "thinkrl.distill.*",

@@ -28,6 +28,7 @@ Registered:
 | `helpfulness` | a reward model on the final summary only (R1 stage 4) | `model` |
 | `harmlessness` | a reward model on the whole response, reasoning included (R1 stage 4) | `model` |
 | `column_steps` | step reward: each column equation of the embedded task checked (process supervision) | `column_steps` |
+| `process_model` | step reward: p(step right) under a process reward model (`thinkrl rm`) | `process_model` |
 
 Rewards are chosen and weighted by name in the config (`rewards.weights`), or by an import
 path `package.module:function` for a user's own. Step rewards (a score per reasoning step, for
@@ -46,6 +47,7 @@ from .language import language_consistency_reward
 from .length import cosine_length_reward, overlong_penalty_reward
 from .math import accuracy_reward
 from .model import harmlessness_reward, helpfulness_reward, reward_model_reward
+from .process_model import process_model_reward
 from .repetition import repetition_penalty_reward
 from .user import import_reward_module
 
@@ -65,6 +67,7 @@ REWARDS: dict[str, Reward] = {
     "helpfulness": helpfulness_reward,
     "harmlessness": harmlessness_reward,
     "column_steps": column_steps_reward,
+    "process_model": process_model_reward,
 }
 
 

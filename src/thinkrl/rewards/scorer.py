@@ -5,11 +5,19 @@ sequence layout is shared with training (`thinkrl.train.reward_model`): prompt i
 runs once, its KV cache serving every row. The part of a response that is scored: `whole`,
 or `summary` (the text after the last `</think>`). The rewards `reward_model`, `helpfulness`
 and `harmlessness` (`rewards.model`) serve it to GRPO.
+
+A process reward model (`thinkrl rm` with `train.objective=step`) is the same model read at
+the last token of each step of a completion instead (`encode_steps`, `step_logits`,
+`RewardModel.score_steps`): a step ending at character `end` is read at the token that holds
+character `end - 1`, found from the tokenizer's character offsets (or, for a tokenizer
+without them, by decoding ever longer prefixes). No EOS is appended and no prefix is shared.
+The `process_model` step reward (`rewards.process_model`) serves it.
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from pathlib import Path
 
 import torch
@@ -44,6 +52,17 @@ def encode(tokenizer, prompt_texts: list[str], response_texts: list[str]) -> lis
     return [prompt_ids[p] + r + end for p, r in zip(prompt_texts, response_ids)]
 
 
+def left_padded(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), [N, longest]: each row's tokens at the right end."""
+    N, L = len(seqs), max(len(s) for s in seqs)
+    ids = torch.full((N, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((N, L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+        attn[i, L - len(s):] = 1
+    return ids.to(device), attn.to(device)
+
+
 def sequence_scores(model, seqs: list[list[int]], pad_id: int, min_shared: int = 16) -> torch.Tensor:
     """r for each token sequence, [N] (gradients flow when enabled). Rows are left-padded;
     position ids count real tokens only. A first stretch shared by all rows (>= min_shared
@@ -52,14 +71,8 @@ def sequence_scores(model, seqs: list[list[int]], pad_id: int, min_shared: int =
     shared = common_prefix_len(seqs) if len(seqs) > 1 else 0
     if shared < min_shared:
         shared = 0
-    rest = [s[shared:] for s in seqs]
-    N, L = len(rest), max(len(s) for s in rest)
-    ids = torch.full((N, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((N, L), dtype=torch.long)
-    for i, s in enumerate(rest):
-        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-        attn[i, L - len(s):] = 1
-    ids, attn = ids.to(device), attn.to(device)
+    N = len(seqs)
+    ids, attn = left_padded([s[shared:] for s in seqs], pad_id, device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0) + shared
     if shared:
         base = getattr(model, model.base_model_prefix)
@@ -72,6 +85,74 @@ def sequence_scores(model, seqs: list[list[int]], pad_id: int, min_shared: int =
         kwargs = {"use_cache": False}
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, **kwargs)
     return out.logits[:, 0].float()
+
+
+def last_tokens(starts: list[int], ends: list[int]) -> list[int]:
+    """For each step end (a character offset, exclusive), the index of the token holding
+    character end - 1: the last token that starts before `end` (`starts`: each token's first
+    character, non-decreasing)."""
+    return [max(bisect_left(starts, e) - 1, 0) for e in ends]
+
+
+def _decoded_starts(tokenizer, ids: list[int]) -> list[int]:
+    """Each token's first character by decoding ever longer prefixes (tokenizers without offsets)."""
+    return [len(tokenizer.decode(ids[:k])) for k in range(len(ids))]
+
+
+def encode_steps(tokenizer, prompt_texts: list[str], completions: list[str],
+                 ends: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids + completion ids, the position of each step's last token in them) for each
+    completion, tokenized apart from its prompt as in `encode`; no EOS (nothing is read there)."""
+    distinct = list(dict.fromkeys(prompt_texts))
+    prompt_ids = dict(zip(distinct, tokenizer(distinct, add_special_tokens=False)["input_ids"])) if distinct else {}
+    if not completions:
+        return []
+    fast = getattr(tokenizer, "is_fast", False)
+    enc = tokenizer(list(completions), add_special_tokens=False, return_offsets_mapping=fast)
+    out = []
+    for i, (prompt, text, step_ends) in enumerate(zip(prompt_texts, completions, ends)):
+        ids = enc["input_ids"][i]
+        starts = [a for a, _ in enc["offset_mapping"][i]] if fast else _decoded_starts(tokenizer, ids)
+        if step_ends and not ids:
+            raise ValueError(f"completion {i} has steps but no tokens")
+        head = prompt_ids[prompt]
+        out.append((head + ids, [len(head) + t for t in last_tokens(starts, step_ends)]))
+    return out
+
+
+def step_logits(model, seqs: list[list[int]], positions: list[list[int]], pad_id: int) -> torch.Tensor:
+    """The scalar head at the given positions of each sequence, flattened in order: [total
+    steps] (gradients flow when enabled). Rows are left-padded; position ids count real tokens."""
+    device = next(model.parameters()).device
+    ids, attn = left_padded(seqs, pad_id, device)
+    L = ids.shape[1]
+    hidden = getattr(model, model.base_model_prefix)(
+        input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0), use_cache=False
+    ).last_hidden_state
+    rows = [i for i, ps in enumerate(positions) for _ in ps]
+    cols = [L - len(seqs[i]) + p for i, ps in enumerate(positions) for p in ps]
+    picked = hidden[torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long,
+                                                                                        device=device)]
+    return model.score(picked)[:, 0].float()
+
+
+def score_step_sequences(model, seqs, positions, pad_id: int, batch_size: int, autocast_fn) -> list[list[float]]:
+    """`step_logits` of every sequence without gradients, `batch_size` sequences at a time (similar lengths
+    together): one list of head values per sequence."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out: list[list[float]] = [[] for _ in seqs]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), autocast_fn():
+        for start in range(0, len(order), batch_size):
+            idx = [i for i in order[start: start + batch_size] if positions[i]]
+            if not idx:
+                continue
+            flat = step_logits(model, [seqs[i] for i in idx], [positions[i] for i in idx], pad_id).tolist()
+            for i in idx:
+                out[i], flat = flat[: len(positions[i])], flat[len(positions[i]):]
+    model.train(was_training)
+    return out
 
 
 def load_reward_backbone(path: str, device: torch.device, layers: int = 0, seed: int = 0, init: str = "pretrained",
@@ -165,6 +246,27 @@ class RewardModel:
             return []
         seqs = self.encode([str(p) for p in prompts], list(responses), part)
         return score_sequences(self.model, seqs, self.pad_id, batch_size, lambda: autocast(self.device, self.dtype))
+
+    @property
+    def objective(self) -> str:
+        """pairwise (an outcome reward model) or step (a process reward model)."""
+        return self.info.get("objective", "pairwise")
+
+    def score_steps(self, prompts: list[str], completions: list[str], ends: list[list[int]],
+                    batch_size: int = 64) -> list[list[float | None]]:
+        """The raw head value at the last token of each step (`ends`: each completion's step ends,
+        character offsets), batched, without gradients. A sequence longer than the model's context
+        keeps its end; a step that falls in the part cut off gets None."""
+        if not len(prompts) == len(completions) == len(ends):
+            raise ValueError(f"{len(prompts)} prompts, {len(completions)} completions and {len(ends)} step lists")
+        rendered = [render(str(p), self.template, self.tokenizer) for p in prompts]
+        encoded = encode_steps(self.tokenizer, rendered, list(completions), ends)
+        cut = [max(0, len(s) - self.max_tokens) if self.max_tokens else 0 for s, _ in encoded]
+        seqs = [s[c:] for (s, _), c in zip(encoded, cut)]
+        kept = [[q - c for q in ps if q >= c] for (_, ps), c in zip(encoded, cut)]
+        raw = score_step_sequences(self.model, seqs, kept, self.pad_id, batch_size,
+                                   lambda: autocast(self.device, self.dtype))
+        return [[None] * (len(ps) - len(r)) + r for (_, ps), r in zip(encoded, raw)]
 
 
 def score_sequences(model, seqs: list[list[int]], pad_id: int, batch_size: int, autocast_fn) -> list[float]:

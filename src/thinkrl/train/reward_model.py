@@ -36,6 +36,21 @@ Synthetic data (`data.train: synthetic:helpfulness` or `synthetic:harmlessness`)
 then also reported against the rule (`test/rule_auc`: how well the score separates the
 held-out responses the rule accepts from those it rejects, across prompts).
 
+A process reward model (PRM; Lightman et al. 2023, DeepSeekMath §4.1.3) with
+`train.objective=step`: the same model and sequence (prompt ids + completion ids, no EOS),
+its head read at the last token of each step (the token holding the step's last
+character, `rewards.scorer.encode_steps`) and trained with the binary cross-entropy of
+sigmoid(score) against the step's label, averaged over every step of the batch:
+
+    loss = −mean_steps [ y log σ(s) + (1 − y) log(1 − σ(s)) ]
+
+on rows {prompt (or question), completion, steps: [{end, label}]} (`end`: the step's
+character end in the completion, exclusive), or `data.train=synthetic:steps`: the embedded
+task's traces labelled by the task itself (`thinkrl.task.steps`; held-out traces on its
+test problems). Held out: the step accuracy at p > 0.5 (`test/accuracy`), on right and on
+wrong steps apart (`test/accuracy_right`, `test/accuracy_wrong`), and `test/auc`. The
+`process_model` step reward (`thinkrl.rewards.process_model`) serves it; configs/prm-tiny.yaml.
+
 The defaults (spelled out in configs/rm-tiny.yaml) are the reward models of the tiny R1 pipeline: a fresh 2-layer, 32-wide model (44k
 parameters) of the embedded model's architecture and tokenizer learned the synthetic
 helpfulness preferences to 0.95-0.97 held-out accuracy in about 75 s on one CPU thread,
@@ -61,9 +76,9 @@ from .loop import lr_factor, nonfinite_cause
 from ..policy import autocast, disable_dropout, load_tokenizer, resolve_device
 from .reward_model_config import PARTS, RULES, RMConfig, RMDataConfig, RMLogConfig, RMModelConfig, RMTrainConfig, \
     load_rm_config, validate
-from .reward_model_data import load_data, rule_metrics, rule_verdicts
-from ..rewards.scorer import (INFO_FILE, RewardModel, encode, load_reward_backbone, response_part, score_sequences,
-                             sequence_scores)
+from .reward_model_data import load_data, rule_metrics, rule_verdicts, step_metrics
+from ..rewards.scorer import (INFO_FILE, RewardModel, encode, encode_steps, load_reward_backbone, response_part,
+                              score_sequences, score_step_sequences, sequence_scores, step_logits)
 from ..template import render
 
 log = logging.getLogger("thinkrl.rm")
@@ -71,9 +86,9 @@ log = logging.getLogger("thinkrl.rm")
 # the settings live in thinkrl.train.reward_model_config, the trained model's scoring in thinkrl.rewards.scorer;
 # they are importable from here as well
 __all__ = ["INFO_FILE", "PARTS", "RULES", "RMConfig", "RMDataConfig", "RMLogConfig", "RMModelConfig", "RMTrainConfig",
-           "RewardModel", "bradley_terry_loss", "encode", "encode_pairs", "load_reward_backbone", "load_rm_config",
-           "main", "pairwise_accuracy", "response_part", "score_sequences", "sequence_scores", "train_reward_model",
-           "validate"]
+           "RewardModel", "bradley_terry_loss", "encode", "encode_pairs", "encode_step_rows", "load_reward_backbone",
+           "load_rm_config", "main", "pairwise_accuracy", "response_part", "score_sequences", "sequence_scores",
+           "step_bce_loss", "train_reward_model", "validate"]
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -83,6 +98,13 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     """−mean log σ(r_c − r_r): the negative log-likelihood of the preferences under the
     Bradley-Terry model (InstructGPT eq. 1). logsigmoid keeps it finite for large margins."""
     return -torch.nn.functional.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def step_bce_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """−mean over steps of [y log σ(s) + (1 − y) log(1 − σ(s))]: the binary cross-entropy of each
+    step's sigmoid(score) against its label, every step of the batch weighing the same
+    (computed from the logits, so it stays finite for large scores)."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def pairwise_accuracy(r_chosen, r_rejected) -> float:
@@ -108,6 +130,21 @@ def encode_pairs(tokenizer, pairs: list[dict], template: str, part: str, limit: 
     if not keep:
         raise DataError(f"{what}: no pair fits in {limit} tokens; raise data.max_tokens or shorten the data")
     return [pairs[i] for i in keep], [(chosen[i], rejected[i]) for i in keep]
+
+
+def encode_step_rows(tokenizer, rows: list[dict], template: str, limit: int, what: str):
+    """(rows kept, [(ids, step positions, labels)]): rows longer than `limit` tokens and rows
+    without steps are dropped (counted)."""
+    seqs = encode_steps(tokenizer, [render(r["prompt"], template, tokenizer) for r in rows],
+                        [r["completion"] for r in rows], [[st["end"] for st in r["steps"]] for r in rows])
+    keep = [i for i, (ids, _) in enumerate(seqs) if len(ids) <= limit and rows[i]["steps"]]
+    if len(keep) < len(rows):
+        log.warning("%s: skipped %d of %d step-labelled rows longer than %d tokens or without steps", what,
+                    len(rows) - len(keep), len(rows), limit)
+    if not keep:
+        raise DataError(f"{what}: no step-labelled row has steps and fits in {limit} tokens; raise data.max_tokens "
+                        "or check the data")
+    return [rows[i] for i in keep], [(*seqs[i], [bool(st["label"]) for st in rows[i]["steps"]]) for i in keep]
 
 
 class _Batches:
@@ -149,15 +186,18 @@ class RMTrainer(TrainingRun):
         self.begin(out, cfg.run.seed, cfg.run.threads, t.max_bad_steps, lr="train.lr", clip="train.max_grad_norm")
         self.show_progress = cfg.run.progress if show_progress is None else show_progress
         self.device = resolve_device(m.device)
-        train, test, self.rule = load_data(d, cfg.run.seed)
+        self.stepwise = t.objective == "step"
+        train, test, self.rule = load_data(d, cfg.run.seed, t.objective)
         self.verdicts = rule_verdicts(test, self.rule) if self.rule != "none" and test else None
         self.tok = load_tokenizer(m.tokenizer or m.path)
         self.model = load_reward_backbone(m.path, self.device, m.layers, cfg.run.seed, m.init, m.hidden_size, m.attention)
         disable_dropout(self.model)  # both responses of a pair scored by the same function, as the policy trainers
         self.model.config.pad_token_id = self.tok.pad_token_id
         limit = d.max_tokens or int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 10**9
-        self.train_pairs, self.train_enc = encode_pairs(self.tok, train, m.template, d.part, limit, "train")
-        test, self.test_enc = encode_pairs(self.tok, test, m.template, d.part, limit, "test") if test else ([], [])
+        enc = (lambda rows, what: encode_step_rows(self.tok, rows, m.template, limit, what)) if self.stepwise else \
+            (lambda rows, what: encode_pairs(self.tok, rows, m.template, d.part, limit, what))
+        self.train_pairs, self.train_enc = enc(train, "train")
+        test, self.test_enc = enc(test, "test") if test else ([], [])
         if self.verdicts is not None and len(test) < len(self.verdicts):
             self.verdicts = rule_verdicts(test, self.rule)
         self.n_test = len(test)
@@ -172,8 +212,13 @@ class RMTrainer(TrainingRun):
         where = f"resuming from {self.resumed_from}" if self.resumed_from else "from step 0"
         print(f"thinkrl rm: {m.path if m.init == 'pretrained' else 'fresh'} model ({self.n_params / 1e6:.3f}M "
               f"parameters, {self.model.config.num_hidden_layers} layers) on {self.device}; {len(self.train_pairs)} "
-              f"train / {self.n_test} held-out pairs; part={d.part}, template={m.template}, rule={self.rule}; "
-              f"{t.steps} steps × {t.batch_size} pairs, {where}; run dir {self.run_dir}", file=sys.stderr)
+              f"train / {self.n_test} held-out {self.unit}; objective={t.objective}, part={d.part}, "
+              f"template={m.template}, rule={self.rule}; {t.steps} steps × {t.batch_size} {self.unit}, {where}; "
+              f"run dir {self.run_dir}", file=sys.stderr)
+
+    @property
+    def unit(self) -> str:
+        return "completions" if self.stepwise else "pairs"
 
     def extra_state(self) -> dict:
         return {"evals": self.evals, "last_loss": self.last_loss}
@@ -186,7 +231,17 @@ class RMTrainer(TrainingRun):
         return score_sequences(self.model, seqs, self.tok.pad_token_id, self.cfg.train.eval_batch_size,
                                lambda: autocast(self.device, m.dtype))
 
+    def step_scores(self, enc) -> list[float]:
+        """The head at every step of the encoded rows, flattened in order, without gradients."""
+        m = self.cfg.model
+        out = score_step_sequences(self.model, [e[0] for e in enc], [e[1] for e in enc], self.tok.pad_token_id,
+                                   self.cfg.train.eval_batch_size, lambda: autocast(self.device, m.dtype))
+        return [v for row in out for v in row]
+
     def evaluate(self) -> dict:
+        if self.stepwise:
+            labels = [y for e in self.test_enc for y in e[2]]
+            return {f"test/{k}": v for k, v in step_metrics(self.step_scores(self.test_enc), labels).items()}
         c, r = self.scores([e[0] for e in self.test_enc]), self.scores([e[1] for e in self.test_enc])
         res = {"test/accuracy": pairwise_accuracy(c, r), "test/margin": sum(a - b for a, b in zip(c, r)) / len(c)}
         if self.verdicts is not None:
@@ -197,19 +252,28 @@ class RMTrainer(TrainingRun):
         """One step on the next batch of pairs, and the held-out evaluation when due: the metrics line."""
         t, enc = self.cfg.train, self.train_enc
         idx = self.batches.next()
-        with autocast(self.device, self.cfg.model.dtype):
-            r = sequence_scores(self.model, [enc[i][0] for i in idx] + [enc[i][1] for i in idx], self.tok.pad_token_id)
-        r_chosen, r_rejected = r[: len(idx)], r[len(idx):]
-        loss = bradley_terry_loss(r_chosen, r_rejected)
+        if self.stepwise:
+            with autocast(self.device, self.cfg.model.dtype):
+                s = step_logits(self.model, [enc[i][0] for i in idx], [enc[i][1] for i in idx], self.tok.pad_token_id)
+            y = torch.tensor([v for i in idx for v in enc[i][2]], dtype=torch.bool, device=s.device)
+            loss = step_bce_loss(s, y)
+            stats = {"accuracy": ((s.detach() > 0) == y).double().mean().item(),
+                     "wrong_share": 1 - y.double().mean().item()}
+        else:
+            with autocast(self.device, self.cfg.model.dtype):
+                r = sequence_scores(self.model, [enc[i][0] for i in idx] + [enc[i][1] for i in idx],
+                                    self.tok.pad_token_id)
+            r_chosen, r_rejected = r[: len(idx)], r[len(idx):]
+            loss = bradley_terry_loss(r_chosen, r_rejected)
+            stats = {"accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),
+                     "margin": (r_chosen - r_rejected).mean().item()}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm or float("inf")))
         cause = nonfinite_cause(loss.item(), gnorm)
         self.update_or_skip(cause)  # never a NaN/inf update; the schedule counts the step
         self.last_loss = loss.item()
-        row = {"step": self.step, "loss": loss.item(),
-               "accuracy": pairwise_accuracy(r_chosen.detach(), r_rejected.detach()),
-               "margin": (r_chosen - r_rejected).mean().item(), "grad_norm": gnorm,
+        row = {"step": self.step, "loss": loss.item(), **stats, "grad_norm": gnorm,
                "lr": self.scheduler.get_last_lr()[0], "skipped": int(bool(cause))}
         if self.test_enc and ((t.eval_every and self.step % t.eval_every == 0) or self.step == t.steps):
             self.evals = self.evaluate()
@@ -227,15 +291,18 @@ class RMTrainer(TrainingRun):
                                   "test": self.evals})
         train_seconds = self.wall()
         self.model.eval()
-        # the center c of the rewards' sigmoid(r − c): the mean score of (up to) 256 training pairs' responses
-        center = self.scores([s for e in self.train_enc[:256] for s in e])
+        # the center c of the rewards' sigmoid(r − c): the mean score of (up to) 256 training pairs' responses;
+        # a process reward model's sigmoid(score) is a probability already
+        center = [0.0] if self.stepwise else self.scores([s for e in self.train_enc[:256] for s in e])
         info = {
-            "template": m.template, "part": d.part, "score_center": sum(center) / len(center), "dtype": m.dtype,
+            "objective": t.objective, "template": m.template, "part": d.part,
+            "score_center": sum(center) / len(center), "dtype": m.dtype,
             "init": m.init, "init_from": m.path, "layers": self.model.config.num_hidden_layers,
             "hidden_size": self.model.config.hidden_size, "parameters": self.n_params, "rule": self.rule,
             "train_data": d.train, "test_data": d.test if self.test_enc else "none",
             "test_accuracy": self.evals.get("test/accuracy"), "test": self.evals,
-            "train": {"steps": t.steps, "batch_size": t.batch_size, "pairs": len(self.train_pairs),
+            "train": {"steps": t.steps, "batch_size": t.batch_size, self.unit: len(self.train_pairs),
+                      **({"labelled_steps": sum(len(e[2]) for e in self.train_enc)} if self.stepwise else {}),
                       "seconds": round(train_seconds, 1), "final_loss": self.last_loss,
                       "threads": torch.get_num_threads(), "device": str(self.device)},
         }
@@ -272,10 +339,12 @@ def command(args, out: Path, config: str | None) -> int:
     if s["interrupted"]:
         print(f"thinkrl rm: stopped at step {s['steps']}; continue with --resume --out {out}", file=sys.stderr)
         return 130
-    acc = s.get("test_accuracy")
-    extra = ""
-    if s["test"].get("test/rule_auc") is not None:
-        extra = f", rule AUC {s['test']['test/rule_auc']:.3f}"
-    print(f"thinkrl rm: done in {s['train']['seconds']:.0f}s of training; held-out pairwise accuracy "
+    acc, test = s.get("test_accuracy"), s["test"]
+    what, extra = ("step" if s.get("objective") == "step" else "pairwise"), ""
+    if test.get("test/rule_auc") is not None:
+        extra = f", rule AUC {test['test/rule_auc']:.3f}"
+    if test.get("test/accuracy_wrong") is not None:
+        extra = f" (right steps {test['test/accuracy_right']:.3f}, wrong steps {test['test/accuracy_wrong']:.3f})"
+    print(f"thinkrl rm: done in {s['train']['seconds']:.0f}s of training; held-out {what} accuracy "
           f"{'n/a' if acc is None else f'{acc:.3f}'}{extra}; model {s['model_dir']}")
     return 0

@@ -13,6 +13,8 @@ from ..template import render
 
 PARTS = ("whole", "summary")
 RULES = ("auto", "none", "helpfulness", "harmlessness")
+OBJECTIVES = ("pairwise", "step")
+SYNTHETIC = {"synthetic:helpfulness": "pairwise", "synthetic:harmlessness": "pairwise", "synthetic:steps": "step"}
 
 
 @dataclass
@@ -30,14 +32,20 @@ class RMModelConfig(ModelSection):  # path: the model to start from; with init=r
 
 @dataclass
 class RMDataConfig:
-    # train/test pairs {prompt, chosen, rejected}: JSONL, JSON, parquet, a save_to_disk dir or hf:ID[?config=&split=]
-    train: str = "synthetic:helpfulness"  # pairs (split "train" unless named), or synthetic:helpfulness|harmlessness
-    test: str = "synthetic"  # pairs (split "test") | synthetic (held-out synthetic pairs) | split (test_share) | none
+    # train/test pairs {prompt, chosen, rejected} (train.objective=pairwise) or step-labelled completions
+    # {prompt or question, completion, steps: [{end, label}]} (train.objective=step): JSONL, JSON, parquet, a
+    # save_to_disk dir or hf:ID[?config=&split=]
+    train: str = "synthetic:helpfulness"  # data (split "train" unless named), or synthetic:helpfulness|harmlessness
+    #                                       (pairs, thinkrl.task.general) | synthetic:steps (the embedded task's
+    #                                       step-labelled traces, thinkrl.task.steps)
+    test: str = "synthetic"  # data (split "test") | synthetic (held-out synthetic rows) | split (test_share) | none
     part: str = "whole"  # what of a response is scored: whole | summary (after the last </think>)
     rule: str = "auto"  # rule to check held-out scores against: helpfulness | harmlessness | none | auto (synthetic's)
-    synthetic_train: int = 10000  # pairs made for synthetic:...
+    synthetic_train: int = 10000  # pairs (or step-labelled traces) made for synthetic:...
     synthetic_test: int = 300
     synthetic_seed: int = 0
+    synthetic_corrupt: float = 0.25  # synthetic:steps: share of traces with one sum digit changed (wrong steps
+    #                                  that are not a forgotten carry)
     test_share: float = 0.1  # for test: split
     max_tokens: int = 0  # longer pairs are skipped (counted); 0 = the model's context
     on_bad_row: str = "error"  # a malformed line: error (file:line) | skip (counted)
@@ -45,8 +53,10 @@ class RMDataConfig:
 
 @dataclass
 class RMTrainConfig:
+    objective: str = "pairwise"  # pairwise: an outcome RM, Bradley-Terry on preference pairs | step: a process RM,
+    #                              binary cross-entropy of sigmoid(score) at each step's last token against its label
     steps: int = 1500
-    batch_size: int = 32  # pairs per step (2× as many sequences)
+    batch_size: int = 32  # pairs per step (2× as many sequences); train.objective=step: completions per step
     lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_steps: int = 20
@@ -86,10 +96,21 @@ def validate(cfg: RMConfig) -> None:
          "(the text after the last </think>)")
     need(d.rule in RULES, f"data.rule {d.rule!r}: use one of {', '.join(RULES)}")
     synthetic = d.train.startswith("synthetic:")
-    need(not synthetic or d.train in ("synthetic:helpfulness", "synthetic:harmlessness"),
-         f"data.train {d.train!r}: the synthetic sets are synthetic:helpfulness and synthetic:harmlessness")
+    need(not synthetic or d.train in SYNTHETIC,
+         f"data.train {d.train!r}: the synthetic sets are {', '.join(SYNTHETIC)}")
     need(bool(d.train.strip()), "data.train is empty: give a JSONL of {prompt, chosen, rejected} or "
          "synthetic:helpfulness")
+    need(t.objective in OBJECTIVES, f"train.objective {t.objective!r}: use pairwise (an outcome reward model on "
+         "preference pairs) or step (a process reward model on step-labelled completions)")
+    if synthetic and d.train in SYNTHETIC and t.objective in OBJECTIVES and SYNTHETIC[d.train] != t.objective:
+        what = "step-labelled completions" if SYNTHETIC[d.train] == "step" else "preference pairs"
+        errors.append(f"data.train={d.train} is {what}: set train.objective={SYNTHETIC[d.train]}")
+    if t.objective == "step":
+        need(d.part == "whole", f"data.part={d.part}: a process reward model reads each step where it ends in the "
+             "whole completion; set data.part=whole")
+        need(d.rule in ("auto", "none"), f"data.rule={d.rule} checks preference pairs; with train.objective=step "
+             "set data.rule=none (or auto)")
+    need(0 <= d.synthetic_corrupt <= 1, f"data.synthetic_corrupt={d.synthetic_corrupt} must be in [0, 1]")
     need(d.test != "synthetic" or synthetic, "data.test=synthetic needs a synthetic data.train; give a JSONL path, "
          "split or none")
     need(d.synthetic_train >= 1 and d.synthetic_test >= 1, "data.synthetic_train and data.synthetic_test must be >= 1")
