@@ -44,7 +44,7 @@ def reference_loss(logp, old, ref, adv, mask, beta, eps_low, eps_high, agg, max_
             if not mask[i, t]:
                 continue
             rho = torch.exp(logp[i, t] - old[i, t])
-            a = adv[i]
+            a = adv[i] if adv.dim() == 1 else adv[i, t]  # outcome: per sequence; process: per token
             term = torch.minimum(rho * a, torch.clamp(rho, 1 - eps_low, 1 + eps_high) * a)
             if beta:
                 kl = torch.exp(ref[i, t] - logp[i, t]) - (ref[i, t] - logp[i, t]) - 1

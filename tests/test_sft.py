@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_trainer import dies_in_step
 from thinkrl.cli import main as cli_main
 from thinkrl.config import ConfigError
 from thinkrl.data import DataError
@@ -250,14 +251,7 @@ def test_resume_after_a_crash_continues_the_same_run(tmp_path, packing):
     assert whole["steps"] == 6 and whole["total_steps"] == 6
 
     part = SFTTrainer(load_sft_config(None, overrides), tmp_path / "part")
-    real_step = part.train_step
-
-    def dies_in_step_4():
-        if part.step == 3:
-            raise RuntimeError("killed")
-        return real_step()
-
-    part.train_step = dies_in_step_4
+    dies_in_step(part, 4)
     with pytest.raises(RuntimeError, match="killed"):
         part.run()
     assert [r["step"] for r in read_metrics(tmp_path / "part")] == [0, 1, 2, 3]

@@ -37,6 +37,18 @@ def random_model_overrides(model_dir, data, **extra):
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def dies_in_step(trainer, n: int):
+    """The trainer's run raises RuntimeError("killed") in step n, after step n-1 was logged."""
+    real_step = trainer.train_step
+
+    def step():
+        if trainer.step == n - 1:
+            raise RuntimeError("killed")
+        return real_step()
+
+    trainer.train_step = step
+
+
 def drop_timing(rows):
     return [{k: v for k, v in r.items() if not k.startswith("timing/") and k not in ("time", "step_seconds")} for r in rows]
 
@@ -87,14 +99,7 @@ def test_resume_continues_the_same_run(tmp_path, qwen2_dir):
     whole.run()
 
     part = GRPOTrainer(load_config(None, overrides), tmp_path / "part")
-    real_step = part.train_step
-
-    def dies_in_step_4():  # step 3 is logged but not checkpointed; the process dies in step 4
-        if part.step == 3:
-            raise RuntimeError("killed")
-        return real_step()
-
-    part.train_step = dies_in_step_4
+    dies_in_step(part, 4)  # step 3 is logged but not checkpointed; the process dies in step 4
     with pytest.raises(RuntimeError, match="killed"):
         part.run()
     assert [r["step"] for r in read_metrics(tmp_path / "part")] == [0, 1, 2, 3]

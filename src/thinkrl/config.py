@@ -18,6 +18,7 @@ from . import checks
 from .adapters import lora_problems
 from .checks import ConfigError
 from .rewards.settings import reward_problems
+from .rewards.steps import outcome_reward_problems, step_reward_problems
 from .config_io import load_into
 from .sections import EvalProtocol, RunOptions, Sampling, TrainedModel, run_problems
 
@@ -47,6 +48,10 @@ class RolloutConfig(Sampling):  # temperature 1.0, top_p 1.0, max_new_tokens 80
     group_size: int = 8  # G, samples per question
     top_k: int = 0  # 0 = off
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    # DAPO's dynamic sampling: groups whose rewards are all equal carry no gradient; keep sampling
+    # questions until train.prompts_per_step informative groups are in, at most max_sample_rounds rounds
+    dynamic_sampling: bool = False
+    max_sample_rounds: int = 4
 
 
 @dataclass
@@ -59,6 +64,7 @@ class ObjectiveConfig:
     mu: int = 1  # inner updates per batch of samples (π_old frozen for them)
     ref_reset_every: int = 0  # replace π_ref by the current policy every N steps (R1: 400); 0 = never
     sequence_ratio: bool = False  # GSPO's sequence-level ratio
+    advantage: str = "outcome"  # outcome (one per completion) | process (per step: rewards.step_weights)
 
 
 @dataclass
@@ -83,6 +89,10 @@ class RewardsConfig:
     timeout_s: float = 60.0  # a reward's call on one step's batch; past it the batch scores on_error
     on_error: float | None = 0.0  # the score of samples whose reward raised or timed out (null: not applicable)
     isolate: bool = True  # run rewards given by import path in a worker process, killed at timeout_s
+    # objective.advantage=process: step rewards (thinkrl.rewards.steps), weighted and summed per step;
+    # the outcome rewards in `weights` (may be empty) join each completion's last step
+    step_weights: dict[str, float] = field(default_factory=dict)
+    step_split: str = ""  # "": each step reward splits a completion itself; else a regex separating steps
 
 
 @dataclass
@@ -210,9 +220,35 @@ def validate(cfg: Config) -> None:
     errors += checks.model_path_problems(cfg.model.path) + checks.model_path_problems(cfg.model.tokenizer,
                                                                                      "model.tokenizer")
     errors += reward_problems(cfg.rewards, r.max_new_tokens)
+    errors += supervision_problems(cfg)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     warn_gspo(o)
+
+
+def supervision_problems(cfg: Config) -> list[str]:
+    """Process supervision's and dynamic sampling's settings."""
+    o, rw, r = cfg.objective, cfg.rewards, cfg.rollout
+    if o.advantage not in ("outcome", "process"):
+        return [f"objective.advantage {o.advantage!r}: use outcome (one advantage per completion) or process "
+                "(per step, from the step rewards in rewards.step_weights)"]
+    errors = outcome_reward_problems(rw.weights)
+    if o.advantage == "process":
+        errors += step_reward_problems(rw.step_weights, rw.params, rw.step_split)
+        if not rw.step_weights:
+            errors.append("objective.advantage=process needs step rewards: set rewards.step_weights, e.g. "
+                          "{column_steps: 1.0} on the embedded task")
+        if rw.by_type:
+            errors.append("objective.advantage=process with rewards.by_type is not supported; use one of them")
+        if o.sequence_ratio:
+            errors.append("objective.advantage=process gives each token its own advantage; GSPO's sequence ratio "
+                          "(objective.sequence_ratio) weighs whole sequences: turn one of them off")
+    elif rw.step_weights:
+        errors.append("rewards.step_weights are step rewards, used only with objective.advantage=process; set it, "
+                      "or move outcome rewards to rewards.weights")
+    if r.max_sample_rounds < 1:
+        errors.append(f"rollout.max_sample_rounds={r.max_sample_rounds}: at least 1 round of sampling per step")
+    return errors
 
 
 def warn_gspo(o: ObjectiveConfig) -> None:
@@ -232,6 +268,10 @@ def validate_world(cfg: Config, world_size: int) -> None:
     t, r = cfg.train, cfg.rollout
     if world_size <= 1:
         return
+    if r.dynamic_sampling and t.parallel == "fsdp":
+        raise ConfigError("invalid configuration:\n  - rollout.dynamic_sampling with train.parallel=fsdp: each process "
+                          "keeps the informative groups it drew, so the processes' batches differ in size, which "
+                          "sharded forward passes cannot pair up; use train.parallel=ddp")
     if t.prompts_per_step % world_size:
         up = -(-t.prompts_per_step // world_size) * world_size
         raise ConfigError(f"invalid configuration:\n  - train.prompts_per_step={t.prompts_per_step} does not split over "

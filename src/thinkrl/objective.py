@@ -10,6 +10,18 @@ Advantage (outcome supervision), the same for every token of o_i::
 are all equal carries no signal: its advantages are 0 (never a division by zero) and it is
 counted in ``zero_std_frac``. Dr. GRPO (arXiv 2503.20783) drops the division by std.
 
+Advantage (process supervision, DeepSeekMath §4.1.3). A step reward scores each reasoning
+step: o_i has steps ending at tokens index(1) < ... < index(K_i), with rewards r_i^index(j).
+Over all steps of all G outputs of the group R = {r_i^index(j)},
+
+    r~_i^index(j) = (r_i^index(j) - mean(R)) / std(R)
+    A_it = Σ_{index(j) >= t} r~_i^index(j)          (the steps from t's own step on)
+
+A completion's steps cover it: tokens after its last step's end belong to that last step.
+With an outcome reward as well, it is added to the last step's reward before the
+normalisation (a completion without steps then has one, its whole text). A group with fewer
+than two step rewards, or all of them equal, carries no signal (advantages 0, flagged).
+
 Per-token objective, maximised::
 
     ρ_it  = π_θ(o_it | q, o_i<t) / π_old(o_it | q, o_i<t)
@@ -53,6 +65,44 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale_std: bool = T
     else:
         centred = torch.where(std > eps, centred, torch.zeros_like(centred))
     return centred.reshape(-1).to(rewards.dtype), zero
+
+
+def process_advantages(steps: list[list[tuple[int, float]]], group_size: int, lengths: list[int],
+                       outcome: list[float] | None = None, scale_std: bool = True, eps: float = 1e-6):
+    """Process-supervised advantages (module docstring) for completions laid out group after group.
+
+    steps[i]: (index of the step's last token, reward) for each step of completion i, index
+    increasing; lengths[i]: its number of tokens. Returns (advantages [N, max length] float32,
+    right-padded with 0, zero_std [N // group_size] bool)."""
+    if len(steps) % group_size or len(steps) != len(lengths):
+        raise ValueError(f"{len(steps)} step lists for {len(lengths)} completions do not split into groups of {group_size}")
+    steps = [list(s) for s in steps]
+    if outcome is not None:  # the outcome reward joins the last step (a step of its own when there is none)
+        for s, n, r in zip(steps, lengths, outcome):
+            if s:
+                s[-1] = (s[-1][0], s[-1][1] + r)
+            else:
+                s.append((n - 1, r))
+    out = torch.zeros(len(steps), max([1, *lengths]), dtype=torch.float64)
+    zero = torch.zeros(len(steps) // group_size, dtype=torch.bool)
+    for g in range(len(zero)):
+        members = range(g * group_size, (g + 1) * group_size)
+        R = torch.tensor([r for i in members for _, r in steps[i]], dtype=torch.float64)
+        std = R.std() if len(R) > 1 else torch.tensor(0.0, dtype=torch.float64)
+        if len(R) < 2 or std <= eps:
+            zero[g] = True
+            continue
+        for i in members:
+            ends = [min(e, lengths[i] - 1) for e, _ in steps[i]]
+            if steps[i]:
+                ends[-1] = lengths[i] - 1  # the last step runs to the end of the completion
+            starts = [0] + [e + 1 for e in ends[:-1]]
+            to_go = 0.0  # Σ of the normalised rewards of this step and the ones after it
+            for (_, r), a, b in reversed(list(zip(steps[i], starts, ends))):
+                to_go += float((r - R.mean()) / std) if scale_std else float(r - R.mean())
+                if b >= a:
+                    out[i, a:b + 1] = to_go
+    return out.to(torch.float32), zero
 
 
 def _grpo(loss_tok, mask, norm):
@@ -111,7 +161,8 @@ def grpo_loss(
 ):
     """The GRPO loss (to minimise) and its statistics.
 
-    logp, old_logp, ref_logp, mask: [B, T] per completion token; advantages: [B].
+    logp, old_logp, ref_logp, mask: [B, T] per completion token; advantages: [B] (outcome
+    supervision: one per completion) or [B, T] (process supervision: one per token).
     old_logp None means π_old = π_θ (μ = 1): ρ is 1 in value, its gradient is ∇log π_θ.
     sequence_ratio: GSPO (arXiv 2507.18071), ρ_i = exp(mean_t log ρ_it) for every token.
     Padding (mask 0) never enters an exponential: its log-ratios are zeroed first, so junk
@@ -130,7 +181,8 @@ def grpo_loss(
         seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp_min(1)
         log_ratio = seq.unsqueeze(-1).expand_as(logp)
     ratio = torch.exp(log_ratio)
-    adv = advantages.to(logp.dtype).unsqueeze(-1)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv[:, : logp.shape[1]]
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)

@@ -70,7 +70,7 @@ def reward_problems(rw, max_new_tokens: int) -> list[str]:
     registered reward does not take or refuses (`check_settings`), and length shaping that
     can never apply under the rollout's token budget."""
     errors = []
-    if not rw.weights:
+    if not rw.weights and not getattr(rw, "step_weights", None):  # process supervision may use step rewards alone
         errors.append("rewards.weights is empty; name at least one reward, e.g. {accuracy: 1.0, format: 1.0}")
     named = {name: "rewards.weights" for name in rw.weights}
     for kind, weights in rw.by_type.items():

@@ -45,11 +45,13 @@ from ..evaluation.heldout import evaluate
 from .context import gives_threads_back, setup
 from .loop import lr_factor, nonfinite_cause
 from ..metrics import by_level, has_reflection, mean
-from ..objective import Normaliser, group_advantages, grpo_loss
+from ..objective import Normaliser, grpo_loss
 from ..policy import (SequenceBatch, autocast, completion_logprobs, enable_gradient_checkpointing, load_model,
                       load_tokenizer, resolve_device)
 from ..rewards.combine import TypedRewards, WeightedRewards
-from ..rollout import SamplingParams, make_engine
+from ..rewards.steps import WeightedStepRewards
+from ..rollout import make_engine
+from .grpo_batch import StepSampling
 from .grpo_state import GRPORun
 from ..sharding import clip_grad_norm, gathered, shard_model
 from ..template import render
@@ -63,7 +65,7 @@ def lr_lambda(cfg: Config):
     return lambda i: lr_factor(i, total, o.warmup_steps, o.schedule)
 
 
-class GRPOTrainer(GRPORun):
+class GRPOTrainer(StepSampling, GRPORun):
     """GRPO on one process or many; the run's life (checkpoints, resume, stop, summary) is
     `context.TrainingRun`'s, GRPO's own part of it `grpo_state.GRPORun`'s."""
 
@@ -95,8 +97,13 @@ class GRPOTrainer(GRPORun):
         if rw.by_type:  # R1 stage 4: each row's type picks its rewards
             self.rewards = TypedRewards(rw.weights, rw.by_type, cfg.data.type_field, rw.params, rw.timeout_s,
                                         rw.on_error, rw.isolate)
-        else:
-            self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate)
+        else:  # with process supervision the outcome rewards may be none at all
+            self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate) \
+                if rw.weights else None
+        self.step_rewards = None
+        if cfg.objective.advantage == "process":
+            self.step_rewards = WeightedStepRewards(rw.step_weights, rw.params, rw.step_split, rw.timeout_s,
+                                                    rw.on_error, rw.isolate)
         self.pad_id = self.engine.pad_id
 
         d = cfg.data
@@ -147,30 +154,18 @@ class GRPOTrainer(GRPORun):
             torch.cuda.synchronize()
 
     def train_step(self) -> dict:
-        cfg, r = self.cfg, self.cfg.rollout
-        G, timing, prof = r.group_size, {}, {}  # timing: every step; prof: the update's parts, with --profile
+        cfg = self.cfg
+        timing, prof = {}, {}  # timing: every step; prof: the update's parts, with --profile
         t0 = time.perf_counter()
 
-        # 1. a group of G samples per question from π_old (this process's share of the questions)
-        idx = distributed.shard(self.sampler.next(cfg.train.prompts_per_step))
-        rows = [self.train_rows[i] for i in idx]
-        params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_new_tokens=r.max_new_tokens, stop=list(r.stop))
-        with gathered(self.policy):  # sharded: the whole model on every process while it samples
-            rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
-        self._sync()
-        timing["generate"] = time.perf_counter() - t0
-
-        # 2. rule rewards, 3. group-relative advantages
-        t1 = time.perf_counter()
-        group_rows = [row for row in rows for _ in range(G)]
-        total, per_reward = self.rewards(rollouts.texts, group_rows, prompts=[row["question"] for row in group_rows],
-                                         completion_lengths=[len(c) for c in rollouts.completion_ids])
-        rewards = torch.tensor(total, dtype=torch.float32)
-        advantages, zero_std = group_advantages(rewards, G, cfg.scale_std)
-        timing["reward"] = time.perf_counter() - t1
-        names = list(self.rewards.nonfinite)  # NaN/inf counts of the whole batch
-        bad = {n: c for n, c in zip(names, distributed.sum_values([self.rewards.nonfinite[n] for n in names],
+        # 1. G samples per question from π_old (this process's share), 2. rewards, 3. advantages;
+        #    with dynamic sampling, more rounds until enough groups carry a signal (grpo_batch)
+        s = self.collect()
+        rollouts, group_rows, total, per_reward = s.drawn, s.rows, s.total, s.per_reward
+        rows = group_rows[:: cfg.rollout.group_size]
+        timing.update(s.timing)
+        names = list(s.nonfinite)  # NaN/inf counts of the whole batch
+        bad = {n: c for n, c in zip(names, distributed.sum_values([s.nonfinite[n] for n in names],
                                                                    dtype=torch.int64)) if c}
         skip_cause = ", ".join(f"reward {n!r} returned NaN/inf for {c} samples" for n, c in bad.items())
 
@@ -183,7 +178,7 @@ class GRPOTrainer(GRPORun):
             timing["logprobs"] = timing["update"] = 0.0
             stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         else:
-            stats = self.update(rollouts.prompt_ids, rollouts.completion_ids, advantages, timing, prof, rollouts.group_ids)
+            stats = self.update(s.prompt_ids, s.completion_ids, s.advantages, timing, prof, s.group_ids)
             skip_cause = stats["skip_cause"]
         self.step += 1
         self.bad.record(skip_cause)
@@ -194,13 +189,13 @@ class GRPOTrainer(GRPORun):
         # 5. log: the whole batch's numbers (every process's completions, in rank order)
         lengths = [len(c) for c in rollouts.completion_ids]
         levels = [row.get("level") for row in group_rows] if "level" in rows[0] else [None] * len(group_rows)
-        batch = self._whole_batch(total=total, lengths=lengths, levels=levels, zero_std=zero_std.tolist(),
+        batch = self._whole_batch(total=total, lengths=lengths, levels=levels, zero_std=s.zero_std,
                                   truncated=[float(f == "length") for f in rollouts.finish_reasons],
                                   reflection=[float(has_reflection(t)) for t in rollouts.texts],
                                   **{f"rewards/{name}": values for name, values in per_reward.items()})
         total, lengths = batch["total"], batch["lengths"]
-        errors = dict(zip(per_reward, distributed.sum_values([self.rewards.errors[n] for n in per_reward],
-                                                             dtype=torch.int64)))
+        failed = {**(self.rewards.errors if self.rewards else {}), **(self.step_rewards.errors if self.step_rewards else {})}
+        errors = dict(zip(per_reward, distributed.sum_values([failed[n] for n in per_reward], dtype=torch.int64)))
         m = {
             "step": self.step,
             "reward": mean(total),
@@ -215,6 +210,7 @@ class GRPOTrainer(GRPORun):
             "clip_frac": stats["clip_frac"],
             "lr": self.scheduler.get_last_lr()[0],
             "skipped": int(bool(skip_cause)),
+            **s.sampling,
         }
         for name in per_reward:
             vals = [v for v in batch[f"rewards/{name}"] if v is not None]
@@ -262,7 +258,8 @@ class GRPOTrainer(GRPORun):
         lengths = [len(c) for c in completion_ids]
         # sharded, every process runs as many forward passes as the others (their collectives pair up)
         everything = o.beta > 0 or self.sharded
-        keep = torch.arange(len(lengths)) if everything else (advantages != 0).nonzero().flatten()
+        signal = (advantages != 0).reshape(len(lengths), -1).any(dim=1) if lengths else torch.zeros(0, dtype=torch.bool)
+        keep = torch.arange(len(lengths)) if everything else signal.nonzero().flatten()
         n_seq, n_tok, n_keep, keep_tok = distributed.sum_values(
             [len(lengths), sum(lengths), len(keep), sum(lengths[i] for i in keep.tolist())], dtype=torch.int64)
         norm = Normaliser(n_seq, max(n_tok, 1), r.max_new_tokens)

@@ -1,0 +1,193 @@
+"""The samples a GRPO step learns from: questions drawn, G completions each, scored, and their
+advantages, outcome- or process-supervised; with DAPO's dynamic sampling, more rounds until
+enough groups carry a signal.
+
+Outcome supervision (`objective.advantage: outcome`): one reward per completion, one
+advantage per completion (`objective.group_advantages`).
+
+Process supervision (`objective.advantage: process`, DeepSeekMath §4.1.3): the step rewards
+(`rewards.step_weights`, contract in `rewards.steps`) score each step of each completion,
+ending at a character offset; the end is mapped to the completion's token holding that
+character (`token_ends`), the outcome rewards (`rewards.weights`, may be empty) join the
+last step, and `objective.process_advantages` gives each token its advantage.
+
+Dynamic sampling (`rollout.dynamic_sampling`, DAPO arXiv 2503.14476 §3.2): a group whose
+rewards (for process supervision: step rewards) are all equal has advantage 0 everywhere and
+carries no gradient. A step then keeps drawing questions, as many as are still missing, until
+`train.prompts_per_step` informative groups are in or `rollout.max_sample_rounds` rounds have
+run (then it trains on what it has, and says so in the metrics); extra groups of the last round
+are dropped (with several processes: the last processes' last groups), so the update always
+holds at most `prompts_per_step` groups. The questions are drawn from the same seeded order as
+always, so a run is deterministic under its seed and `--resume` continues it. The metrics of the
+step (reward, length, accuracy...) are those of every sample drawn; the update uses the kept ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import distributed
+from ..objective import group_advantages, process_advantages
+from ..rollout import Rollouts, SamplingParams
+from ..sharding import gathered
+
+
+@dataclass
+class StepSamples:
+    """Everything drawn in one step (`drawn`, with its rows and rewards, all rounds), and what the
+    update learns from (`prompt_ids`, `completion_ids`, `group_ids`, `advantages`)."""
+
+    drawn: Rollouts
+    rows: list[dict]  # one per drawn completion
+    total: list[float]
+    per_reward: dict[str, list]
+    zero_std: list[bool]  # per drawn group
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    group_ids: list[int]
+    advantages: torch.Tensor  # [N] (outcome) or [N, max length] (process)
+    nonfinite: dict[str, int] = field(default_factory=dict)  # NaN/inf reward values, this process
+    sampling: dict[str, float] = field(default_factory=dict)  # dynamic sampling's numbers (whole batch)
+    timing: dict[str, float] = field(default_factory=dict)  # generate, reward: seconds over all rounds
+
+
+def token_ends(decode, ids: list[int], char_ends: list[int]) -> list[int]:
+    """For each character offset, the index of the completion token that holds the character
+    before it: the first k with len(decode(ids[:k + 1])) >= end (binary search over prefixes,
+    so a step costs O(log T) decodes; `decode` is the one that made the text)."""
+    lengths: dict[int, int] = {}
+
+    class Prefixes:
+        def __len__(self):
+            return len(ids)
+
+        def __getitem__(self, k):
+            if k not in lengths:
+                lengths[k] = len(decode(ids[: k + 1]))
+            return lengths[k]
+
+    return [min(bisect.bisect_left(Prefixes(), e), max(len(ids) - 1, 0)) for e in char_ends]
+
+
+def concat(parts: list[Rollouts]) -> Rollouts:
+    """Rollouts of several calls as one, group ids renumbered to stay distinct."""
+    out = Rollouts([], [], [], [], [], [])
+    for part in parts:
+        base = max(out.group_ids, default=-1) + 1
+        out.prompt_ids += part.prompt_ids
+        out.group_ids += [base + g for g in part.group_ids]
+        out.completion_ids += part.completion_ids
+        out.logprobs += part.logprobs
+        out.texts += part.texts
+        out.finish_reasons += part.finish_reasons
+    return out
+
+
+class StepSampling:
+    """The sampling part of `GRPOTrainer` (its attributes: cfg, sampler, engine, policy,
+    generator, train_rows, train_prompts, rewards, step_rewards, tokenizer; `_sync`)."""
+
+    def draw_round(self, n_questions: int, timing: dict):
+        """One round: n questions (this process's share), G samples each, rewards, advantages."""
+        cfg, r = self.cfg, self.cfg.rollout
+        t0 = time.perf_counter()
+        G = r.group_size
+        idx = distributed.shard(self.sampler.next(n_questions))
+        params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, stop=list(r.stop))
+        with gathered(self.policy):  # sharded: the whole model on every process while it samples
+            rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
+        self._sync()
+        t1 = time.perf_counter()
+        timing["generate"] = timing.get("generate", 0.0) + t1 - t0
+        rows = [self.train_rows[i] for i in idx for _ in range(G)]
+        lengths = [len(c) for c in rollouts.completion_ids]
+        total, per_reward = self.rewards(rollouts.texts, rows, prompts=[row["question"] for row in rows],
+                                         completion_lengths=lengths) if self.rewards else ([0.0] * len(rows), {})
+        nonfinite = dict(self.rewards.nonfinite) if self.rewards else {}
+        if self.step_rewards is None:
+            advantages, zero_std = group_advantages(torch.tensor(total, dtype=torch.float32), G, cfg.scale_std)
+        else:
+            steps, step_means = self.step_rewards(rollouts.texts, rows, prompts=[row["question"] for row in rows])
+            per_reward.update(step_means)
+            nonfinite.update(self.step_rewards.nonfinite)
+            decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731  (as the engine)
+            token_steps = [list(zip(token_ends(decode, ids, [e for e, _ in s]), [v for _, v in s]))
+                           for ids, s in zip(rollouts.completion_ids, steps)]
+            advantages, zero_std = process_advantages(token_steps, G, lengths,
+                                                      outcome=total if self.rewards else None,
+                                                      scale_std=cfg.scale_std)
+        timing["reward"] = timing.get("reward", 0.0) + time.perf_counter() - t1
+        return rollouts, rows, total, per_reward, advantages, zero_std.tolist(), nonfinite
+
+    def collect(self) -> StepSamples:
+        cfg, r = self.cfg, self.cfg.rollout
+        G, target, world = r.group_size, cfg.train.prompts_per_step, distributed.world_size()
+        parts, kept, informative, rounds, drawn_questions, timing = [], [], 0, 0, 0, {}
+        while True:
+            need = target - informative  # questions still missing (all processes), whole groups per process
+            n = -(-need // world) * world
+            part = self.draw_round(n, timing)
+            rounds, drawn_questions = rounds + 1, drawn_questions + n
+            parts.append(part)
+            zero_std = part[5]
+            use = [g for g in range(len(zero_std)) if not (r.dynamic_sampling and zero_std[g])]
+            kept.append(use)
+            if not r.dynamic_sampling:
+                break
+            informative += int(distributed.sum_values([len(use)], dtype=torch.int64)[0])
+            if informative >= target or rounds >= r.max_sample_rounds:
+                break
+        if informative > target:  # the last round's extra groups go, the last processes' first
+            counts = distributed.gather_objects(len(kept[-1]))
+            excess = informative - target
+            for rank in reversed(range(world)):
+                drop = min(excess, counts[rank])
+                if rank == distributed.rank():
+                    kept[-1] = kept[-1][: len(kept[-1]) - drop]
+                excess -= drop
+        samples = self._assemble(parts, kept, rounds, drawn_questions, target, min(informative, target))
+        samples.timing = timing
+        return samples
+
+    def _assemble(self, parts, kept, rounds, drawn_questions, target, informative) -> StepSamples:
+        G = self.cfg.rollout.group_size
+        drawn = concat([p[0] for p in parts])
+        rows = [row for p in parts for row in p[1]]
+        total = [x for p in parts for x in p[2]]
+        names = list(parts[0][3])
+        per_reward = {n: [x for p in parts for x in p[3][n]] for n in names}
+        zero_std = [z for p in parts for z in p[5]]
+        nonfinite = {n: sum(p[6].get(n, 0) for p in parts) for n in parts[0][6]}
+        prompt_ids, completion_ids, group_ids, adv = [], [], [], []
+        offset = 0  # the first group of this round in `drawn`
+        for p, use in zip(parts, kept):
+            advantages = p[4]
+            for g in use:
+                for i in range(g * G, (g + 1) * G):
+                    prompt_ids.append(p[0].prompt_ids[i])
+                    completion_ids.append(p[0].completion_ids[i])
+                    group_ids.append(offset + g)
+                    adv.append(advantages[i])
+            offset += len(p[5])
+        if not adv:
+            advantages = torch.zeros(0)
+        elif adv[0].dim() == 0:
+            advantages = torch.stack(adv)
+        else:  # per token: padded to the longest kept completion
+            width = max(a.numel() for a in adv)
+            advantages = torch.stack([torch.nn.functional.pad(a, (0, width - a.numel())) for a in adv])
+        sampling = {}
+        if self.cfg.rollout.dynamic_sampling:
+            groups_drawn = int(distributed.sum_values([len(zero_std)], dtype=torch.int64)[0])
+            flat = int(distributed.sum_values([sum(zero_std)], dtype=torch.int64)[0])
+            sampling = {"sampling/rounds": rounds, "sampling/prompts_drawn": drawn_questions,
+                        "sampling/informative_groups": informative,
+                        "sampling/filtered_frac": flat / max(groups_drawn, 1),  # groups without a signal
+                        "sampling/short": int(informative < target)}
+        return StepSamples(drawn, rows, total, per_reward, zero_std, prompt_ids, completion_ids, group_ids,
+                           advantages, nonfinite, sampling)
