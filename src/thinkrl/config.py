@@ -44,7 +44,11 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig(Sampling):  # temperature 1.0, top_p 1.0, max_new_tokens 80
-    engine: str = "hf"  # hf: batched sampling with a KV cache through transformers
+    engine: str = "hf"  # hf: batched sampling with a KV cache through transformers | ray: Ray actors (thinkrl[ray])
+    workers: int = 2  # engine=ray: rollout actors, each with a copy of the policy; questions spread by whole groups
+    # asynchronous rollouts: the samples a step learns from were drawn by a policy at most this many
+    # versions old (generation of later steps overlaps the update); corrected by objective.tis_cap
+    async_steps: int = 0
     group_size: int = 8  # G, samples per question
     top_k: int = 0  # 0 = off
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
@@ -65,6 +69,7 @@ class ObjectiveConfig:
     ref_reset_every: int = 0  # replace π_ref by the current policy every N steps (R1: 400); 0 = never
     sequence_ratio: bool = False  # GSPO's sequence-level ratio
     advantage: str = "outcome"  # outcome (one per completion) | process (per step: rewards.step_weights)
+    tis_cap: float = 2.0  # rollout.async_steps > 0: each token's loss weighted by min(π_old/π_behaviour, tis_cap)
 
 
 @dataclass
@@ -93,6 +98,8 @@ class RewardsConfig:
     # the outcome rewards in `weights` (may be empty) join each completion's last step
     step_weights: dict[str, float] = field(default_factory=dict)
     step_split: str = ""  # "": each step reward splits a completion itself; else a regex separating steps
+    workers: str = "local"  # local: this process and its worker processes | ray: Ray actors (thinkrl[ray])
+    ray_actors: int = 2  # rewards.workers=ray: reward actors; each batch is spread over them
 
 
 @dataclass
@@ -116,6 +123,13 @@ class EvalConfig(EvalProtocol):
 
 
 @dataclass
+class RayConfig:
+    """The Ray cluster of rollout.engine=ray and rewards.workers=ray (docs/SCALING.md)."""
+    address: str = ""  # a running cluster to join ("auto", or HOST:PORT); "" starts a local one
+    num_cpus: int = 0  # the local cluster's CPUs; 0 = Ray's count of this machine's
+
+
+@dataclass
 class LogConfig:
     tensorboard: bool = False
     wandb_project: str | None = None
@@ -133,6 +147,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunOptions = field(default_factory=RunOptions)
     log: LogConfig = field(default_factory=LogConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def completions_per_step(self) -> int:
@@ -184,7 +199,7 @@ def validate(cfg: Config) -> None:
     need(e.temperature > 0, "eval.temperature must be > 0 (the R1 protocol samples; use 0.6)")
     need(0 < r.top_p <= 1 and 0 < e.top_p <= 1, "top_p must be in (0, 1]")
     need(r.top_k >= 0, "rollout.top_k must be >= 0 (0 turns it off)")
-    need(r.engine in ("hf",), f"rollout.engine {r.engine!r} is not available; use hf")
+    errors += scale_out_problems(cfg)
     need(o.loss_agg in AGGREGATIONS, f"objective.loss_agg {o.loss_agg!r} is unknown; choose one of {sorted(AGGREGATIONS)}")
     need(o.beta >= 0, "objective.beta must be >= 0")
     need(o.eps_low > 0, f"objective.eps_low={o.eps_low}: the clip ε must be positive (0.2 is usual; R1's first RL stage used 10)")
@@ -248,6 +263,34 @@ def supervision_problems(cfg: Config) -> list[str]:
                       "or move outcome rewards to rewards.weights")
     if r.max_sample_rounds < 1:
         errors.append(f"rollout.max_sample_rounds={r.max_sample_rounds}: at least 1 round of sampling per step")
+    return errors
+
+
+def scale_out_problems(cfg: Config) -> list[str]:
+    """Ray rollout and reward workers, and asynchronous rollouts."""
+    import importlib.util
+
+    r, o, rw = cfg.rollout, cfg.objective, cfg.rewards
+    errors = []
+    if r.engine not in ("hf", "ray"):
+        errors.append(f"rollout.engine {r.engine!r} is not available; use hf (in this process) or ray (Ray actors)")
+    if (r.engine == "ray" or rw.workers == "ray") and importlib.util.find_spec("ray") is None:
+        errors.append("rollout.engine=ray / rewards.workers=ray need Ray, which is not installed: "
+                      "pip install 'thinkrl[ray]' (or pip install ray)")
+    if rw.workers not in ("local", "ray"):
+        errors.append(f"rewards.workers {rw.workers!r}: use local or ray")
+    if r.workers < 1 or rw.ray_actors < 1:
+        errors.append("rollout.workers and rewards.ray_actors must be >= 1")
+    if r.engine == "ray" and cfg.model.lora.r > 0:
+        errors.append("rollout.engine=ray with model.lora is not supported yet; use rollout.engine=hf with LoRA")
+    if r.async_steps < 0:
+        errors.append(f"rollout.async_steps={r.async_steps}: 0 (synchronous) or more policy versions of staleness")
+    if o.tis_cap <= 0:
+        errors.append(f"objective.tis_cap={o.tis_cap}: the importance-weight cap must be positive (2.0 is usual)")
+    if r.async_steps and r.dynamic_sampling:
+        errors.append("rollout.async_steps with rollout.dynamic_sampling is not supported; turn one of them off")
+    if r.async_steps and cfg.train.parallel == "fsdp":
+        errors.append("rollout.async_steps with train.parallel=fsdp is not supported; use train.parallel=ddp")
     return errors
 
 

@@ -5,7 +5,7 @@ transformers and a KV cache in the trainer's own process; a vLLM engine or remot
 workers implement the same two methods.
 """
 
-from .engine import RolloutEngine, Rollouts, SamplingParams
+from .engine import Pending, RolloutEngine, Rollouts, SamplingParams
 from .hf import HFEngine
 
 
@@ -17,4 +17,4 @@ def make_engine(name: str, model, tokenizer, device) -> RolloutEngine:
     raise ValueError(f"unknown rollout engine {name!r}; available: hf")
 
 
-__all__ = ["RolloutEngine", "Rollouts", "SamplingParams", "HFEngine", "make_engine"]
+__all__ = ["Pending", "RolloutEngine", "Rollouts", "SamplingParams", "HFEngine", "make_engine"]

@@ -42,9 +42,26 @@ class Rollouts:
         return sum(len(c) for c in self.completion_ids)
 
 
+@dataclass
+class Pending:
+    """A generation `RolloutEngine.submit` started: `result` once done (an engine in the caller's
+    process finishes it at once), or an engine's own `handle` to wait on."""
+
+    result: Rollouts | None = None
+    handle: object = None
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None) -> Rollouts:
         """Sample params.n completions for each prompt."""
+
+    def submit(self, prompt_ids: list[list[int]], params: SamplingParams,
+               generator: torch.Generator | None = None) -> Pending:
+        """Start sampling (asynchronous rollouts: it may run while the trainer updates); the
+        weights are those of the last `sync_weights` before it."""
+
+    def wait(self, pending: Pending) -> Rollouts:
+        """The Rollouts of a submitted generation, once done."""
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from `model`'s current weights (a no-op when it shares them)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..policy import cache_kwarg, output_cache
-from .engine import Rollouts, SamplingParams
+from .engine import Pending, Rollouts, SamplingParams
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
@@ -76,6 +76,13 @@ class HFEngine:
 
     def sync_weights(self, model) -> None:
         self.model = model
+
+    def submit(self, prompt_ids, params, generator=None) -> Pending:
+        """In this process, sampling is done at once: the policy as it is now."""
+        return Pending(self.generate(prompt_ids, params, generator=generator))
+
+    def wait(self, pending: Pending) -> Rollouts:
+        return pending.result
 
     def _stop_candidates(self, stops: list[str]) -> torch.Tensor:
         """Tokens whose text holds the last character of a stop string: only after one of these
