@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                    "thinkrl.rundir", "thinkrl.distributed", "thinkrl.checkpoint", "thinkrl.data",
                    "thinkrl.data_sources",
                    "thinkrl.task", "thinkrl.task.arithmetic", "thinkrl.task.general", "thinkrl.plots",
-                   "thinkrl.sections"]),
+                   "thinkrl.sections", "thinkrl.ray_cluster"]),
     ("sandbox", ["thinkrl.sandbox", "thinkrl.sandbox.*"]),
     ("policy and objective", ["thinkrl.policy", "thinkrl.objective", "thinkrl.adapters", "thinkrl.sharding"]),
     ("rollout", ["thinkrl.rollout", "thinkrl.rollout.*"]),

@@ -80,8 +80,13 @@ def run_reward(name: str, fn, builtin: bool, completions: list[str], kwargs: dic
 
 
 class WeightedRewards:
+    """`workers="ray"` scores each reward's batch in `ray_actors` Ray actors (rewards/ray_workers.py:
+    the same code, limits and reasons), on the Ray session of the process or one started here
+    (`ray_address`, `ray_num_cpus` as the ray section's)."""
+
     def __init__(self, weights: dict[str, float], params: dict[str, dict] | None = None,
-                 timeout_s: float = 60.0, on_error: float | None = 0.0, isolate: bool = True):
+                 timeout_s: float = 60.0, on_error: float | None = 0.0, isolate: bool = True,
+                 workers: str = "local", ray_actors: int = 2, ray_address: str = "", ray_num_cpus: int = 0):
         from . import REWARDS, get_reward
         from .settings import check_settings
 
@@ -96,8 +101,17 @@ class WeightedRewards:
         self.timeout_s, self.on_error, self.isolate = timeout_s, on_error, isolate
         self.errors = {name: 0 for name in weights}  # batches that failed, per reward
         self.nonfinite = {name: 0 for name in weights}  # NaN/inf values in the last call, per reward
+        if workers not in ("local", "ray"):
+            raise ValueError(f"rewards.workers {workers!r}: use local or ray")
+        self.ray_pool = None
+        if workers == "ray":
+            from .ray_workers import shared_ray_pool  # defers Ray, an optional dependency
 
-    def _run(self, name: str, completions: list[str], kwargs: dict) -> list[Scored]:
+            self.ray_pool = shared_ray_pool(ray_actors, ray_address, ray_num_cpus)
+
+    def _run(self, name: str, completions: list[str], kwargs: dict, per_row: set[str] = frozenset()) -> list[Scored]:
+        if self.ray_pool is not None:
+            return self.ray_pool.run(run_reward, name, completions, kwargs, per_row, self.timeout_s, self.isolate)
         return run_reward(name, self.fns[name], self.builtin[name], completions, kwargs, self.timeout_s, self.isolate)
 
     def scores(self, completions: list[str], rows: list[dict], prompts: list[str] | None = None,
@@ -110,8 +124,9 @@ class WeightedRewards:
             kwargs = dict(columns, prompts=prompts, **self.params[name])
             if completion_lengths is not None:
                 kwargs["completion_lengths"] = completion_lengths
+            per_row = ({*columns, "prompts", "completion_lengths"}) - set(self.params[name])  # one value per completion
             try:
-                scored = self._run(name, completions, kwargs)
+                scored = self._run(name, completions, kwargs, per_row)
                 if len(scored) != len(completions):
                     raise ValueError(f"returned {len(scored)} values for {len(completions)} completions")
             except Exception as e:  # a broken reward must not end the run
@@ -145,10 +160,10 @@ class TypedRewards:
 
     def __init__(self, default: dict[str, float], by_type: dict[str, dict[str, float]], type_field: str = "type",
                  params: dict[str, dict] | None = None, timeout_s: float = 60.0, on_error: float | None = 0.0,
-                 isolate: bool = True):
-        def make(weights):
+                 isolate: bool = True, **workers):
+        def make(weights):  # `workers`: WeightedRewards' workers, ray_actors, ... (one Ray pool for all)
             used = {n: p for n, p in (params or {}).items() if n in weights}
-            return WeightedRewards(weights, used, timeout_s, on_error, isolate)
+            return WeightedRewards(weights, used, timeout_s, on_error, isolate, **workers)
 
         self.type_field = type_field
         self.sets = {None: make(default), **{t: make(w) for t, w in by_type.items()}}
