@@ -61,11 +61,12 @@ def llama_dir(tmp_path_factory):
 def torch_settings_given_back():
     """A test that builds a trainer and calls its parts without `run()` (which gives the
     process-wide settings back) must not hand its thread count or deterministic-algorithms
-    setting to the tests after it."""
-    threads = torch.get_num_threads()
+    setting (or a default dtype it set) to the tests after it."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     yield
     torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
     torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
 
 

@@ -3,9 +3,8 @@ train.prompts_per_step groups carry a signal, or max_sample_rounds rounds have r
 order stays the seeded one and --resume continues it."""
 
 import pytest
-import torch
 
-from tests.test_trainer import dies_in_step, drop_timing, random_model_overrides, small_dataset
+from tests.test_trainer import random_model_overrides, resumed_equals_whole, small_dataset
 from thinkrl.config import load_config
 from thinkrl.metrics import read_metrics
 from thinkrl.train.grpo import GRPOTrainer
@@ -72,21 +71,12 @@ def test_when_the_rounds_run_out_the_step_trains_on_what_it_has_and_says_so(tmp_
 def test_a_stopped_run_with_dynamic_sampling_resumes_into_the_uninterrupted_one(tmp_path):
     overrides = EMBEDDED + ["rollout.dynamic_sampling=true", "train.steps=3", "train.save_every=2",
                             "rollout.max_new_tokens=40"]
-    GRPOTrainer(load_config(None, overrides), tmp_path / "whole").run()
-    part = GRPOTrainer(load_config(None, overrides), tmp_path / "part")
-    dies_in_step(part, 3)
-    with pytest.raises(RuntimeError, match="killed"):
-        part.run()
-    resumed = GRPOTrainer(load_config(None, overrides), tmp_path / "part", resume=True)
-    assert resumed.step == 2
-    resumed.run()
-    a, b = drop_timing(read_metrics(tmp_path / "whole")), drop_timing(read_metrics(tmp_path / "part"))
-    assert [r["step"] for r in b] == [0, 1, 2, 3] and len(a) == 4
-    assert any(r["sampling/rounds"] > 1 for r in a[1:])  # the case that needs the sampler's position saved
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert ra[k] == pytest.approx(rb[k], abs=1e-6), (ra["step"], k)
+
+    def check(resumed):
+        assert resumed.step == 2
+
+    rows = resumed_equals_whole(overrides, tmp_path, die_in=3, check=check)
+    assert len(rows) == 4 and any(r["sampling/rounds"] > 1 for r in rows[1:])  # needs the sampler's position saved
 
 
 def test_token_ends_map_each_character_offset_to_the_token_holding_it():

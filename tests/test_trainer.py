@@ -49,6 +49,27 @@ def dies_in_step(trainer, n: int):
     trainer.train_step = step
 
 
+def resumed_equals_whole(overrides, root, die_in: int, check=None):
+    """A GRPO run killed in step `die_in` and resumed from its newest checkpoint logs what the
+    uninterrupted run logs (timings aside); `check(resumed)` looks at the resumed trainer."""
+    GRPOTrainer(load_config(None, overrides), root / "whole").run()
+    part = GRPOTrainer(load_config(None, overrides), root / "part")
+    dies_in_step(part, die_in)
+    with pytest.raises(RuntimeError, match="killed"):
+        part.run()
+    resumed = GRPOTrainer(load_config(None, overrides), root / "part", resume=True)
+    if check:
+        check(resumed)
+    resumed.run()
+    a, b = drop_timing(read_metrics(root / "whole")), drop_timing(read_metrics(root / "part"))
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], abs=1e-6), (ra["step"], k)
+    return a
+
+
 def drop_timing(rows):
     return [{k: v for k, v in r.items() if not k.startswith("timing/") and k not in ("time", "step_seconds")} for r in rows]
 

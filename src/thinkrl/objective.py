@@ -28,6 +28,10 @@ Per-token objective, maximised::
     l_it  = min(ρ_it A_i, clip(ρ_it, 1 - ε_low, 1 + ε_high) A_i) - β KL_it
     KL_it = π_ref/π_θ - log(π_ref/π_θ) - 1        (k3 estimator, unbiased, >= 0)
 
+Asynchronous rollouts sample with a policy π_behaviour some updates older than π_old; each
+token's term is then weighted by the truncated importance weight (truncated IS, as in verl)
+w_it = min(π_old/π_behaviour, C), a constant in the gradient, applied to the clipped term only.
+
 ε_high = ε_low is the original clip; ε_high > ε_low is DAPO's clip-higher (arXiv 2503.14476).
 The loss is -l aggregated over tokens by one of ``AGGREGATIONS``:
 
@@ -158,6 +162,8 @@ def grpo_loss(
     aggregation: str = "grpo",
     norm: Normaliser | None = None,
     sequence_ratio: bool = False,
+    behaviour_logp: torch.Tensor | None = None,
+    tis_cap: float = 2.0,
 ):
     """The GRPO loss (to minimise) and its statistics.
 
@@ -165,6 +171,8 @@ def grpo_loss(
     supervision: one per completion) or [B, T] (process supervision: one per token).
     old_logp None means π_old = π_θ (μ = 1): ρ is 1 in value, its gradient is ∇log π_θ.
     sequence_ratio: GSPO (arXiv 2507.18071), ρ_i = exp(mean_t log ρ_it) for every token.
+    behaviour_logp [B, T]: the sampler's log-probs (asynchronous rollouts): the clipped term of
+    each token weighted by min(π_old/π_behaviour, tis_cap), detached.
     Padding (mask 0) never enters an exponential: its log-ratios are zeroed first, so junk
     log-probs there (huge, ±inf) change neither the loss nor its gradient.
     Returns (loss, stats) where stats holds detached kl, clip_frac and ratio means.
@@ -186,6 +194,11 @@ def grpo_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)
+    tis = None
+    if behaviour_logp is not None:
+        d = torch.where(valid, old.detach() - behaviour_logp, torch.zeros_like(logp))
+        tis = torch.exp(d).clamp(max=tis_cap).detach()
+        per_token = per_token * tis
     kl = None
     if beta != 0.0:
         if ref_logp is None:
@@ -201,4 +214,8 @@ def grpo_loss(
             "ratio": float((ratio * mask).sum() / n),
             "kl": float((kl * mask).sum() / n) if kl is not None else 0.0,
         }
+        if tis is not None:
+            raw = torch.exp(torch.where(valid, old.detach() - behaviour_logp, torch.zeros_like(logp)))
+            stats.update(tis_weight=float((tis * mask).sum() / n), tis_weight_max=float(raw[valid].max()) if valid.any()
+                         else 1.0, tis_capped_frac=float(((raw > tis_cap).to(mask.dtype) * mask).sum() / n))
     return loss, stats

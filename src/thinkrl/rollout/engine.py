@@ -41,6 +41,20 @@ class Rollouts:
     def num_tokens(self) -> int:
         return sum(len(c) for c in self.completion_ids)
 
+    @classmethod
+    def concat(cls, parts: list["Rollouts"]) -> "Rollouts":
+        """Rollouts of several calls as one, in order; group ids renumbered to stay distinct."""
+        out = cls([], [], [], [], [], [])
+        for part in parts:
+            base = max(out.group_ids, default=-1) + 1
+            out.prompt_ids += part.prompt_ids
+            out.group_ids += [base + g for g in part.group_ids]
+            out.completion_ids += part.completion_ids
+            out.logprobs += part.logprobs
+            out.texts += part.texts
+            out.finish_reasons += part.finish_reasons
+        return out
+
 
 @dataclass
 class Pending:

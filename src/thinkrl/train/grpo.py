@@ -105,6 +105,7 @@ class GRPOTrainer(StepSampling, GRPORun):
             self.step_rewards = WeightedStepRewards(rw.step_weights, rw.params, rw.step_split, rw.timeout_s,
                                                     rw.on_error, rw.isolate)
         self.pad_id = self.engine.pad_id
+        self.in_flight = []  # asynchronous rollouts: generations submitted for the coming steps
 
         d = cfg.data
         self.train_rows, self.train_prompts = self._prepare(load_dataset(d.train, "train", d.question_field, d.answer_field, d.on_bad_row), "train")
@@ -178,8 +179,12 @@ class GRPOTrainer(StepSampling, GRPORun):
             timing["logprobs"] = timing["update"] = 0.0
             stats = {"loss": 0.0, "grad_norm": 0.0, "clip_frac": 0.0, "kl": 0.0, "ratio": 1.0}
         else:
-            stats = self.update(s.prompt_ids, s.completion_ids, s.advantages, timing, prof, s.group_ids)
+            stats = self.update(s.prompt_ids, s.completion_ids, s.advantages, timing, prof, s.group_ids,
+                                s.behaviour_logprobs)
             skip_cause = stats["skip_cause"]
+        t_sync = time.perf_counter()
+        self.engine.sync_weights(self.policy)  # an engine with its own copy (Ray workers) samples the new weights
+        timing["sync"] = time.perf_counter() - t_sync
         self.step += 1
         self.bad.record(skip_cause)
 
@@ -212,6 +217,10 @@ class GRPOTrainer(StepSampling, GRPORun):
             "skipped": int(bool(skip_cause)),
             **s.sampling,
         }
+        if cfg.rollout.async_steps:
+            m.update({"async/staleness": s.staleness,
+                      **{f"async/{k}": stats.get(k, 1.0 if k != "tis_capped_frac" else 0.0)
+                         for k in ("tis_weight", "tis_weight_max", "tis_capped_frac")}})
         for name in per_reward:
             vals = [v for v in batch[f"rewards/{name}"] if v is not None]
             m[f"rewards/{name}"] = mean(vals)
@@ -232,7 +241,8 @@ class GRPOTrainer(StepSampling, GRPORun):
         return {k: [x for part in parts for x in part[k]] for k in lists}
 
     def update(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], advantages: torch.Tensor,
-               timing: dict | None = None, prof: dict | None = None, group_ids: list[int] | None = None) -> dict:
+               timing: dict | None = None, prof: dict | None = None, group_ids: list[int] | None = None,
+               behaviour: list[list[float]] | None = None) -> dict:
         """μ optimizer steps on the GRPO loss over this process's samples of the step (all of
         them on one process), each over all samples in micro-batches with gradient accumulation.
 
@@ -244,7 +254,9 @@ class GRPOTrainer(StepSampling, GRPORun):
         a process left with none still joins the gradient sum, with zeros.
 
         Returns the whole batch's loss, grad_norm, and token means of kl, clip_frac and ratio
-        over the samples used, and skip_cause: "" or why the update was not applied.
+        over the samples used, and skip_cause: "" or why the update was not applied. With
+        `behaviour` (the sampler's per-token log-probs, asynchronous rollouts) also the truncated
+        importance weights' token mean, share capped and maximum.
 
         The learning-rate schedule counts the optimizer steps the run meant to take, μ per
         training step: every call advances it by μ, whether the updates were taken, there was
@@ -276,6 +288,12 @@ class GRPOTrainer(StepSampling, GRPORun):
             batch = SequenceBatch.build([prompt_ids[i] for i in keep], [completion_ids[i] for i in keep],
                                         self.pad_id, self.device, group_ids and [group_ids[i] for i in keep])
         adv = advantages[keep].to(self.device)
+        beh = None
+        if behaviour is not None and batch is not None:  # padded like the batch's completions
+            beh = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+            for row, i in enumerate(keep.tolist()):
+                beh[row, : len(behaviour[i])] = torch.tensor(behaviour[i], dtype=torch.float32)
+            beh = beh.to(self.device)
         old_logp = self._logprobs(self.policy, batch, micro) if o.mu > 1 and batch else None  # μ = 1: π_old = π_θ
         self._sync()
         prof["old_logprobs"] = time.perf_counter() - t2
@@ -290,6 +308,9 @@ class GRPOTrainer(StepSampling, GRPORun):
             ti = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum, acc = 0.0, {"clip_frac": 0.0, "kl": 0.0, "ratio": 0.0}
+            if behaviour is not None:
+                acc.update(tis_weight=0.0, tis_capped_frac=0.0)
+                tis_max = 0.0
             for i in range(0, len(batch) if batch else 0, micro):
                 s = slice(i, i + micro)
                 mb = batch.slice(s)
@@ -298,17 +319,22 @@ class GRPOTrainer(StepSampling, GRPORun):
                 loss, st = grpo_loss(logp, None if old_logp is None else old_logp[s], adv[s], mb.completion_mask,
                                      ref_logp=None if ref_logp is None else ref_logp[s], beta=o.beta,
                                      eps_low=o.eps_low, eps_high=o.eps_high, aggregation=o.loss_agg,
-                                     norm=norm, sequence_ratio=o.sequence_ratio)
+                                     norm=norm, sequence_ratio=o.sequence_ratio,
+                                     behaviour_logp=None if beh is None else beh[s], tis_cap=o.tis_cap)
                 loss.backward()
                 loss_sum += loss.item()
                 w = mb.completion_mask.sum().item() / ntok
                 for k in acc:
                     acc[k] += st[k] * w
+                if behaviour is not None:
+                    tis_max = max(tis_max, st["tis_weight_max"])
             if not self.sharded:  # sharded, the backward pass summed them (sharding.shard_model)
                 distributed.sum_gradients(self.policy)  # the whole batch's gradient, on every process
             loss_sum, *summed = distributed.sum_values([loss_sum, *acc.values()])
             acc = dict(zip(acc, summed))
             out.update(acc, loss=loss_sum)
+            if behaviour is not None:
+                out["tis_weight_max"] = max(distributed.gather_objects(tis_max))
             self._sync()
             t4 = time.perf_counter()
             prof["forward_backward"] += t4 - ti

@@ -25,6 +25,7 @@ step (reward, length, accuracy...) are those of every sample drawn; the update u
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ import torch
 
 from .. import distributed
 from ..objective import group_advantages, process_advantages
-from ..rollout import Rollouts, SamplingParams
+from ..rollout import Pending, Rollouts, SamplingParams
 from ..sharding import gathered
 
 
@@ -53,6 +54,8 @@ class StepSamples:
     nonfinite: dict[str, int] = field(default_factory=dict)  # NaN/inf reward values, this process
     sampling: dict[str, float] = field(default_factory=dict)  # dynamic sampling's numbers (whole batch)
     timing: dict[str, float] = field(default_factory=dict)  # generate, reward: seconds over all rounds
+    staleness: int = 0  # asynchronous rollouts: policy versions between the sampler and the learner
+    behaviour_logprobs: list[list[float]] | None = None  # asynchronous rollouts: the sampler's, per token
 
 
 def token_ends(decode, ids: list[int], char_ends: list[int]) -> list[int]:
@@ -73,34 +76,29 @@ def token_ends(decode, ids: list[int], char_ends: list[int]) -> list[int]:
     return [min(bisect.bisect_left(Prefixes(), e), max(len(ids) - 1, 0)) for e in char_ends]
 
 
-def concat(parts: list[Rollouts]) -> Rollouts:
-    """Rollouts of several calls as one, group ids renumbered to stay distinct."""
-    out = Rollouts([], [], [], [], [], [])
-    for part in parts:
-        base = max(out.group_ids, default=-1) + 1
-        out.prompt_ids += part.prompt_ids
-        out.group_ids += [base + g for g in part.group_ids]
-        out.completion_ids += part.completion_ids
-        out.logprobs += part.logprobs
-        out.texts += part.texts
-        out.finish_reasons += part.finish_reasons
-    return out
-
-
 class StepSampling:
     """The sampling part of `GRPOTrainer` (its attributes: cfg, sampler, engine, policy,
     generator, train_rows, train_prompts, rewards, step_rewards, tokenizer; `_sync`)."""
 
-    def draw_round(self, n_questions: int, timing: dict):
-        """One round: n questions (this process's share), G samples each, rewards, advantages."""
-        cfg, r = self.cfg, self.cfg.rollout
-        t0 = time.perf_counter()
-        G = r.group_size
+    def submit_round(self, n_questions: int):
+        """Start sampling n questions (this process's share), G samples each: (indices, Pending)."""
+        r = self.cfg.rollout
         idx = distributed.shard(self.sampler.next(n_questions))
-        params = SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+        params = SamplingParams(n=r.group_size, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, stop=list(r.stop))
         with gathered(self.policy):  # sharded: the whole model on every process while it samples
-            rollouts = self.engine.generate([self.train_prompts[i] for i in idx], params, generator=self.generator)
+            return idx, self.engine.submit([self.train_prompts[i] for i in idx], params, generator=self.generator)
+
+    def draw_round(self, n_questions: int, timing: dict):
+        """One round: n questions drawn, sampled, scored, their advantages."""
+        t0 = time.perf_counter()
+        return self.finish_round(*self.submit_round(n_questions), timing, t0)
+
+    def finish_round(self, idx: list[int], pending, timing: dict, t0: float | None = None):
+        """A submitted round's samples (waited for), rewards and advantages."""
+        cfg, G = self.cfg, self.cfg.rollout.group_size
+        t0 = time.perf_counter() if t0 is None else t0
+        rollouts = self._result(pending)
         self._sync()
         t1 = time.perf_counter()
         timing["generate"] = timing.get("generate", 0.0) + t1 - t0
@@ -125,8 +123,10 @@ class StepSampling:
         return rollouts, rows, total, per_reward, advantages, zero_std.tolist(), nonfinite
 
     def collect(self) -> StepSamples:
+        if self.cfg.rollout.async_steps:
+            return self.collect_async()
         cfg, r = self.cfg, self.cfg.rollout
-        G, target, world = r.group_size, cfg.train.prompts_per_step, distributed.world_size()
+        target, world = cfg.train.prompts_per_step, distributed.world_size()
         parts, kept, informative, rounds, drawn_questions, timing = [], [], 0, 0, 0, {}
         while True:
             need = target - informative  # questions still missing (all processes), whole groups per process
@@ -156,7 +156,7 @@ class StepSampling:
 
     def _assemble(self, parts, kept, rounds, drawn_questions, target, informative) -> StepSamples:
         G = self.cfg.rollout.group_size
-        drawn = concat([p[0] for p in parts])
+        drawn = Rollouts.concat([p[0] for p in parts])
         rows = [row for p in parts for row in p[1]]
         total = [x for p in parts for x in p[2]]
         names = list(parts[0][3])
@@ -191,3 +191,32 @@ class StepSampling:
                         "sampling/short": int(informative < target)}
         return StepSamples(drawn, rows, total, per_reward, zero_std, prompt_ids, completion_ids, group_ids,
                            advantages, nonfinite, sampling)
+
+    def collect_async(self) -> StepSamples:
+        """Asynchronous rollouts (rollout.async_steps = k): the generations of the next k steps
+        are submitted before this step's update, so an engine with workers of its own samples
+        while the trainer learns; step t learns from samples drawn by policy version t - k (at
+        the start: 0), each token with its behaviour log-prob for the truncated importance weight
+        (objective.tis_cap, `objective.grpo_loss`)."""
+        k, n, timing = self.cfg.rollout.async_steps, self.cfg.train.prompts_per_step, {}
+        t0 = time.perf_counter()
+        while len(self.in_flight) < k + 1:  # version: the policy's updates so far when it was submitted
+            self.in_flight.append((self.step, *self.submit_round(n)))
+        version, idx, pending = self.in_flight.pop(0)
+        part = self.finish_round(idx, pending, timing, t0)
+        samples = self._assemble([part], [list(range(len(part[5])))], 1, n, n, n)
+        samples.timing, samples.staleness = timing, self.step - version
+        samples.behaviour_logprobs = part[0].logprobs
+        return samples
+
+    def in_flight_state(self) -> list:
+        """The submitted generations as plain values, for a checkpoint (waited for first)."""
+        return [(v, idx, dataclasses.asdict(self._result(p))) for v, idx, p in self.in_flight]
+
+    def _result(self, pending: Pending) -> Rollouts:
+        if pending.result is None:  # an engine's own handle: wait on it, once
+            pending.result = self.engine.wait(pending)
+        return pending.result
+
+    def load_in_flight_state(self, state: list) -> None:
+        self.in_flight = [(v, idx, Pending(Rollouts(**r))) for v, idx, r in state]

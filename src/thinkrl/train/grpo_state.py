@@ -22,13 +22,16 @@ class GRPORun(TrainingRun):
     desc = "GRPO"
 
     def extra_state(self) -> dict:
+        in_flight = {"in_flight": self.in_flight_state()} if self.cfg.rollout.async_steps else {}
         if not (self.ref is not None and self.cfg.objective.ref_reset_every):
-            return {"ref_model": None}
+            return {"ref_model": None, **in_flight}
         if sharding.is_sharded(self.ref):  # the whole reference, gathered to rank 0 (every process calls this)
-            return {"ref_model": sharding.full_state_dict(self.ref)}
-        return {"ref_model": self.ref.state_dict()}
+            return {"ref_model": sharding.full_state_dict(self.ref), **in_flight}
+        return {"ref_model": self.ref.state_dict(), **in_flight}
 
     def load_extra_state(self, state: dict) -> None:
+        if state.get("in_flight") is not None:  # asynchronous rollouts: the generations already submitted
+            self.load_in_flight_state(state["in_flight"])
         if self.ref is not None and state.get("ref_model") is not None:
             if sharding.is_sharded(self.ref):
                 sharding.load_full_state(self.ref, state["ref_model"])
