@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..policy import load_model, load_tokenizer
+from ..policy import load_model
 from ..ray_cluster import acquire_ray, dead_actor_errors, kill_actor, release_ray, split_evenly
 from .engine import Pending, Rollouts, SamplingParams
 from .hf import HFEngine
@@ -37,16 +37,16 @@ START_TIMEOUT_S = 600.0  # for the actors to start (a joined cluster may have to
 
 
 class RolloutWorker:
-    """A Ray actor's state: the model loaded as the trainer loads it, sampled by an HFEngine."""
+    """A Ray actor's state: the model loaded as the trainer loads it, sampled by an HFEngine with
+    the caller's own tokenizer (sent whole: model.tokenizer may name another than the model's)."""
 
-    def __init__(self, model_path: str, device: str, threads: int):
+    def __init__(self, model_path: str, tokenizer, device: str, threads: int):
         if device == "cpu" and threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         # as the trainer loads its policy, parameters that require grad included: on the CPU that
         # picks other kernels than frozen ones (log-probs 1e-7 apart), and samples must match it
-        self.engine = HFEngine(load_model(model_path, self.device),
-                               load_tokenizer(model_path), self.device)
+        self.engine = HFEngine(load_model(model_path, self.device), tokenizer, self.device)
 
     def ready(self) -> bool:
         return True
@@ -106,7 +106,7 @@ class RayEngine:
                 raise ValueError(f"rollout.workers={workers} Ray workers take one CPU each but the local Ray "
                                  f"cluster has {cpus:g}: set ray.num_cpus >= {workers} or fewer rollout.workers")
             self._cls = ray.remote(num_cpus=1, num_gpus=gpus_per_worker, max_restarts=0)(RolloutWorker)
-            self._weights = None
+            self._weights, self._tokenizer = None, ray.put(tokenizer)
             self.actors = [self._start() for _ in range(workers)]
             self._wait_ready(self.actors)
             self.sync_weights(model)
@@ -118,7 +118,7 @@ class RayEngine:
     # actors
 
     def _start(self):
-        actor = self._cls.remote(self.model_path, self.worker_device, self.threads)
+        actor = self._cls.remote(self.model_path, self._tokenizer, self.worker_device, self.threads)
         if self._weights is not None:
             actor.load.remote(self._weights)
         return actor
