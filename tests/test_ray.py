@@ -207,6 +207,19 @@ def test_a_reward_worker_stuck_holding_the_gil_is_killed_and_replaced(cluster, t
     assert ws(["fine", "fine"], [{}, {}])[1]["ray_gil_reward:reward"] == [1.0, 1.0]  # the new actor scores
 
 
+def test_a_dead_reward_worker_fails_its_batch_and_is_replaced(cluster, caplog):
+    ws = WeightedRewards({"format": 1.0}, workers="ray", ray_actors=2)
+    good = "<think>a</think><answer>1</answer>"
+    dead = ws.ray_pool.actors[1]
+    ray.kill(dead)
+    assert wait_dead(dead)
+    with caplog.at_level(logging.WARNING, logger="thinkrl.rewards"):
+        scored = ws.scores([good, good], [{}, {}])["format"]
+    assert [s.value for s in scored] == [0.0, 0.0] and "RuntimeError: Ray reward worker 1 died" in scored[0].reason
+    assert ws.ray_pool.actors[1] is not dead and "died scoring reward 'format'" in caplog.text
+    assert ws([good, "x"], [{}, {}])[1]["format"] == [1.0, 0.0]
+
+
 def test_ray_engine_without_ray_installed_is_a_config_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
