@@ -1,6 +1,7 @@
-"""Outcome vs process supervision, and dynamic sampling on vs off, on the embedded task, as JSON.
+"""The main job under variants of the objective and of the rollouts, on the embedded task, as JSON:
+outcome vs process supervision, dynamic sampling, asynchronous rollouts, Ray workers.
 
-    .venv/bin/python bench/supervision.py [--seeds 0 1 2] [--steps 100] [--eval-every 10]
+    .venv/bin/python bench/zero_variants.py [--seeds 0 1 2] [--steps 100] [--eval-every 10]
         [--eval-size 200] [--jobs 2] [--prm DIR] [--variants outcome process_rule ...]
 
 Each variant is `thinkrl zero` (the main job: 8 questions x 8 samples, lr 2e-5, no KL) with
@@ -11,6 +12,9 @@ the same steps and seeds, one thread per run, `--jobs` runs at a time. Variants:
     process_rule_outcome  column_steps, with accuracy + format added to each completion's last step
     process_learned       the learned step reward `process_model` (a PRM from `thinkrl rm`, --prm)
     dynamic               outcome, with rollout.dynamic_sampling (max 4 rounds)
+    async1                outcome, rollout.async_steps=1 (samples one policy version old, TIS-corrected)
+    ray                   outcome, rollout.engine=ray with 2 workers (Ray installed; a local cluster of 3 CPUs)
+    ray_async1            ray, with rollout.async_steps=1 (the workers sample step t+1 while step t updates)
 
 Reported per variant: held-out accuracy (T 0.6, top-p 0.95, --eval-size questions) at the end,
 the first evaluated step at which it reached 90% (None: never), seconds per step (median over
@@ -42,6 +46,9 @@ VARIANTS = {
     "process_learned": ["objective.advantage=process", "rewards.weights={}",
                         "rewards.step_weights={process_model: 1.0}", "rewards.params={process_model: {path: PRM}}"],
     "dynamic": [OUTCOME, "rollout.dynamic_sampling=true", "rollout.max_sample_rounds=4"],
+    "async1": [OUTCOME, "rollout.async_steps=1"],
+    "ray": [OUTCOME, "rollout.engine=ray", "rollout.workers=2", "ray.num_cpus=3"],
+    "ray_async1": [OUTCOME, "rollout.engine=ray", "rollout.workers=2", "ray.num_cpus=3", "rollout.async_steps=1"],
 }
 
 
@@ -64,6 +71,12 @@ def run_one(variant: str, seed: int, args, root: Path) -> dict:
     res = {"variant": variant, "seed": seed, "accuracy_start": evals[0][1], "accuracy_end": evals[-1][1],
            "first_step_90": reached, "seconds_per_step": statistics.median(r["step_seconds"] for r in steps),
            "wall_seconds": round(wall, 1), "curve": evals}
+    if "async" in variant or "ray" in variant:
+        res["sync_seconds"] = statistics.median(r.get("timing/sync", 0.0) for r in steps)
+        res["generate_seconds"] = statistics.median(r["timing/generate"] for r in steps)
+    if "async" in variant:
+        res["tis_weight_mean"] = statistics.mean(r["async/tis_weight"] for r in steps)
+        res["tis_weight_max"] = max(r["async/tis_weight_max"] for r in steps)
     if variant == "dynamic":
         res["rounds_mean"] = statistics.mean(r["sampling/rounds"] for r in steps)
         res["filtered_frac_mean"] = statistics.mean(r["sampling/filtered_frac"] for r in steps)
@@ -87,11 +100,12 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=200)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--prm", default=None, help="a process reward model directory (thinkrl rm, step labels)")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=["outcome", "process_rule", "process_rule_outcome",
+                                                     "process_learned", "dynamic"], choices=list(VARIANTS))
     p.add_argument("--keep", default=None, help="keep the run directories here")
     args = p.parse_args()
     variants = [v for v in args.variants if v != "process_learned" or args.prm]
-    root = Path(args.keep or tempfile.mkdtemp(prefix="supervision-"))
+    root = Path(args.keep or tempfile.mkdtemp(prefix="zero-variants-"))
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(v, s) for s in args.seeds for v in variants]
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -99,10 +113,11 @@ def main() -> None:
     summary = {}
     for v in variants:
         mine = [r for r in runs if r["variant"] == v and "error" not in r]
-        summary[v] = {k: mean_se([r[k] for r in mine]) for k in
-                      ("accuracy_start", "accuracy_end", "first_step_90", "seconds_per_step", "wall_seconds")}
+        keys = ["accuracy_start", "accuracy_end", "first_step_90", "seconds_per_step", "wall_seconds"]
+        keys += [k for k in ("generate_seconds", "sync_seconds", "tis_weight_mean") if mine and k in mine[0]]
+        summary[v] = {k: mean_se([r[k] for r in mine]) for k in keys}
         summary[v]["never_90"] = sum(r["first_step_90"] is None for r in mine)
-    print(json.dumps({"bench": "supervision", "machine": platform.machine(), "cpus": os.cpu_count(),
+    print(json.dumps({"bench": "zero_variants", "machine": platform.machine(), "cpus": os.cpu_count(),
                       "steps": args.steps, "eval_every": args.eval_every, "eval_size": args.eval_size,
                       "seeds": args.seeds, "jobs": args.jobs, "summary": summary, "runs": runs}, indent=1))
 
