@@ -311,6 +311,9 @@ def validate_world(cfg: Config, world_size: int) -> None:
     t, r = cfg.train, cfg.rollout
     if world_size <= 1:
         return
+    if r.engine == "ray":
+        raise ConfigError("invalid configuration:\n  - rollout.engine=ray under torchrun: run one trainer process "
+                          "(Ray spreads the sampling over its workers), or use rollout.engine=hf with torchrun")
     if r.dynamic_sampling and t.parallel == "fsdp":
         raise ConfigError("invalid configuration:\n  - rollout.dynamic_sampling with train.parallel=fsdp: each process "
                           "keeps the informative groups it drew, so the processes' batches differ in size, which "

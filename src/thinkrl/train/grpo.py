@@ -48,9 +48,6 @@ from ..metrics import by_level, has_reflection, mean
 from ..objective import Normaliser, grpo_loss
 from ..policy import (SequenceBatch, autocast, completion_logprobs, enable_gradient_checkpointing, load_model,
                       load_tokenizer, resolve_device)
-from ..rewards.combine import TypedRewards, WeightedRewards
-from ..rewards.steps import WeightedStepRewards
-from ..rollout import make_engine
 from .grpo_batch import StepSampling
 from .grpo_state import GRPORun
 from ..sharding import clip_grad_norm, gathered, shard_model
@@ -92,20 +89,7 @@ class GRPOTrainer(StepSampling, GRPORun):
         for model in (self.policy, self.ref) if self.sharded else ():
             if model is not None:
                 shard_model(model, self.device)
-        self.engine = make_engine(cfg.rollout.engine, self.policy, self.tokenizer, self.device)
-        rw = cfg.rewards
-        if rw.by_type:  # R1 stage 4: each row's type picks its rewards
-            self.rewards = TypedRewards(rw.weights, rw.by_type, cfg.data.type_field, rw.params, rw.timeout_s,
-                                        rw.on_error, rw.isolate)
-        else:  # with process supervision the outcome rewards may be none at all
-            self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate) \
-                if rw.weights else None
-        self.step_rewards = None
-        if cfg.objective.advantage == "process":
-            self.step_rewards = WeightedStepRewards(rw.step_weights, rw.params, rw.step_split, rw.timeout_s,
-                                                    rw.on_error, rw.isolate)
-        self.pad_id = self.engine.pad_id
-        self.in_flight = []  # asynchronous rollouts: generations submitted for the coming steps
+        self.build_sampling()  # the rollout engine, the rewards (grpo_batch)
 
         d = cfg.data
         self.train_rows, self.train_prompts = self._prepare(load_dataset(d.train, "train", d.question_field, d.answer_field, d.on_bad_row), "train")
@@ -123,6 +107,7 @@ class GRPOTrainer(StepSampling, GRPORun):
         self.track(self.policy, self.tokenizer, self.optimizer, self.scheduler, self.sampler, self.generator,
                    keep=t.keep_checkpoints, sharded_optimizer=t.parallel == "fsdp")
         self.open(resume, cfg.to_yaml(), cfg.log.tensorboard, cfg.log.wandb_project, cfg.to_dict())
+        self.engine.sync_weights(self.policy)  # an engine with its own copy: the weights --resume loaded
 
     # ------------------------------------------------------------------ data
     def _prepare(self, rows: list[dict], split: str):
@@ -372,9 +357,12 @@ class GRPOTrainer(StepSampling, GRPORun):
     @gives_threads_back
     def run(self) -> dict:
         t = self.cfg.train
-        error = self.drive(self._logged_step, t.steps, t.save_every, first=lambda: {"step": 0, **self.evaluate()},
-                           show=self.cfg.run.progress)
-        return self.write_summary(self.interrupted, error)
+        try:
+            error = self.drive(self._logged_step, t.steps, t.save_every, first=lambda: {"step": 0, **self.evaluate()},
+                               show=self.cfg.run.progress)
+            return self.write_summary(self.interrupted, error)
+        finally:
+            self.close_sampling()
 
     def _logged_step(self) -> tuple[dict, dict]:
         """One step, its evaluation when due, its wall time: the metrics line (shown as it is)."""

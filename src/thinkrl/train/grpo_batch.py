@@ -33,7 +33,9 @@ import torch
 
 from .. import distributed
 from ..objective import group_advantages, process_advantages
-from ..rollout import Pending, Rollouts, SamplingParams
+from ..rewards.combine import TypedRewards, WeightedRewards
+from ..rewards.steps import WeightedStepRewards
+from ..rollout import Pending, Rollouts, SamplingParams, make_engine
 from ..sharding import gathered
 
 
@@ -77,8 +79,34 @@ def token_ends(decode, ids: list[int], char_ends: list[int]) -> list[int]:
 
 
 class StepSampling:
-    """The sampling part of `GRPOTrainer` (its attributes: cfg, sampler, engine, policy,
-    generator, train_rows, train_prompts, rewards, step_rewards, tokenizer; `_sync`)."""
+    """The sampling part of `GRPOTrainer` (its attributes: cfg, sampler, policy, generator,
+    train_rows, train_prompts, tokenizer, device, step; `_sync`)."""
+
+    def build_sampling(self) -> None:
+        """The rollout engine (in this process, or Ray workers), the outcome rewards (none at all
+        is allowed with process supervision), the step rewards, the generations in flight."""
+        cfg, r, rw = self.cfg, self.cfg.rollout, self.cfg.rewards
+        self.engine = make_engine(r.engine, self.policy, self.tokenizer, self.device, workers=r.workers,
+                                  ray_address=cfg.ray.address, ray_num_cpus=cfg.ray.num_cpus,
+                                  model_path=cfg.model.path, dtype=cfg.model.dtype)
+        self.pad_id = self.engine.pad_id
+        where = dict(workers=rw.workers, ray_actors=rw.ray_actors, ray_address=cfg.ray.address,
+                     ray_num_cpus=cfg.ray.num_cpus)
+        if rw.by_type:  # R1 stage 4: each row's type picks its rewards
+            self.rewards = TypedRewards(rw.weights, rw.by_type, cfg.data.type_field, rw.params, rw.timeout_s,
+                                        rw.on_error, rw.isolate, **where)
+        else:
+            self.rewards = WeightedRewards(rw.weights, rw.params, rw.timeout_s, rw.on_error, rw.isolate, **where) \
+                if rw.weights else None
+        self.step_rewards = WeightedStepRewards(rw.step_weights, rw.params, rw.step_split, rw.timeout_s, rw.on_error,
+                                                rw.isolate) if cfg.objective.advantage == "process" else None
+        self.in_flight = []  # asynchronous rollouts: generations submitted for the coming steps
+
+    def close_sampling(self) -> None:
+        """Ray workers stop with the run (an engine in this process has nothing to stop)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
 
     def submit_round(self, n_questions: int):
         """Start sampling n questions (this process's share), G samples each: (indices, Pending)."""
