@@ -80,3 +80,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for one test module (skipped where Ray is not installed)."""
+    import logging
+
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'thinkrl[ray]')")
+    from thinkrl.rewards.ray_workers import close_ray_pools
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    close_ray_pools()
+    ray.shutdown()

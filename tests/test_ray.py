@@ -23,20 +23,11 @@ from thinkrl.config import ConfigError, load_config  # noqa: E402
 from thinkrl.policy import load_model, load_tokenizer, resolve_model_path  # noqa: E402
 from thinkrl.ray_cluster import wait_dead  # noqa: E402
 from thinkrl.rewards.combine import WeightedRewards  # noqa: E402
-from thinkrl.rewards.ray_workers import close_ray_pools  # noqa: E402
 from thinkrl.rollout import SamplingParams, make_engine  # noqa: E402
 
 PATH = resolve_model_path("embedded")
 PARAMS = SamplingParams(n=4, temperature=1.0, max_new_tokens=24)
 CHUNKS = [(0, 3), (3, 5)]  # 5 questions over 2 workers: whole groups, contiguous, larger first
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    close_ray_pools()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +42,7 @@ def prompts(lm):
 
 
 @pytest.fixture(scope="module")
-def engine(cluster, lm):
+def engine(ray_cluster, lm):
     model, tok = lm
     eng = make_engine("ray", model, tok, "cpu", workers=2, ray_address="", ray_num_cpus=2, model_path=PATH,
                       dtype="auto")
@@ -160,7 +151,7 @@ COMPLETIONS = [
 ]
 
 
-def test_ray_reward_workers_score_as_the_local_path(cluster, tmp_path, monkeypatch):
+def test_ray_reward_workers_score_as_the_local_path(ray_cluster, tmp_path, monkeypatch):
     (tmp_path / "ray_hang_reward.py").write_text("import time\n\n\ndef reward(completions, **kwargs):\n"
                                                  "    time.sleep(600)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -182,7 +173,7 @@ def test_ray_reward_workers_score_as_the_local_path(cluster, tmp_path, monkeypat
     assert len(hang) == 1 and hang.pop().startswith("reward failed: ")
 
 
-def test_a_reward_worker_stuck_holding_the_gil_is_killed_and_replaced(cluster, tmp_path, monkeypatch, caplog):
+def test_a_reward_worker_stuck_holding_the_gil_is_killed_and_replaced(ray_cluster, tmp_path, monkeypatch, caplog):
     """isolate=false runs a user's reward in a thread of the reward actor; one that never lets go
     of the GIL stops its limit too. The actor gives no answer within timeout_s + GRACE_S: it is
     killed and replaced, the batch scores on_error, and the next batch is scored."""
@@ -207,7 +198,7 @@ def test_a_reward_worker_stuck_holding_the_gil_is_killed_and_replaced(cluster, t
     assert ws(["fine", "fine"], [{}, {}])[1]["ray_gil_reward:reward"] == [1.0, 1.0]  # the new actor scores
 
 
-def test_a_dead_reward_worker_fails_its_batch_and_is_replaced(cluster, caplog):
+def test_a_dead_reward_worker_fails_its_batch_and_is_replaced(ray_cluster, caplog):
     ws = WeightedRewards({"format": 1.0}, workers="ray", ray_actors=2)
     good = "<think>a</think><answer>1</answer>"
     dead = ws.ray_pool.actors[1]

@@ -4,7 +4,6 @@ workers learn from samples one policy version old."""
 
 from __future__ import annotations
 
-import logging
 import statistics
 
 import pytest
@@ -13,7 +12,6 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'thin
 
 from thinkrl.config import load_config  # noqa: E402
 from thinkrl.metrics import read_metrics  # noqa: E402
-from thinkrl.rewards.ray_workers import close_ray_pools  # noqa: E402
 from thinkrl.train.grpo import GRPOTrainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,15 +22,7 @@ BASE = ["data.eval=embedded", "data.eval_size=24", "eval.every=0", "train.save_e
 RAY = ["rollout.engine=ray", "rollout.workers=2", "rewards.workers=ray", "ray.num_cpus=2"]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield
-    close_ray_pools()
-    ray.shutdown()
-
-
-def test_a_run_on_ray_workers_learns_like_a_run_in_this_process(cluster, tmp_path):
+def test_a_run_on_ray_workers_learns_like_a_run_in_this_process(ray_cluster, tmp_path):
     local = GRPOTrainer(load_config(None, BASE), tmp_path / "local").run()
     remote = GRPOTrainer(load_config(None, BASE + RAY), tmp_path / "ray").run()
     a, b = read_metrics(tmp_path / "local")[1:], read_metrics(tmp_path / "ray")[1:]
@@ -44,7 +34,7 @@ def test_a_run_on_ray_workers_learns_like_a_run_in_this_process(cluster, tmp_pat
     assert abs(local["accuracy_end"] - remote["accuracy_end"]) < 0.4  # 24 held-out questions, sampled
 
 
-def test_asynchronous_rollouts_on_ray_workers(cluster, tmp_path):
+def test_asynchronous_rollouts_on_ray_workers(ray_cluster, tmp_path):
     overrides = BASE + ["rollout.engine=ray", "rollout.workers=2", "rollout.async_steps=1", "data.eval=none"]
     GRPOTrainer(load_config(None, overrides), tmp_path).run()
     rows = read_metrics(tmp_path)[1:]
