@@ -110,7 +110,7 @@ def test_shipped_configs_are_valid():
     from thinkrl.train.sft import load_sft_config
 
     folder = Path(__file__).resolve().parents[1] / "configs"
-    loaders = {"sft-": load_sft_config, "distill-": load_distill_config, "rm-": _load_rm_config,
+    loaders = {"sft-": load_sft_config, "distill-": load_distill_config, "rm-": _load_rm_config, "prm-": _load_rm_config,
                "r1.yaml": lambda p: build(str(p), [], "/nonexistent")}
     for path in sorted(folder.glob("*.yaml")):
         load = next((f for prefix, f in loaders.items() if path.name.startswith(prefix)), load_config)
