@@ -167,7 +167,8 @@ def zero_then_nan_reward(completions, **kwargs):
 
 
 def test_the_schedule_advances_mu_per_step_however_the_step_was_skipped(tmp_path, qwen2_dir, monkeypatch):
-    import thinkrl.train.grpo as tr
+    import thinkrl.train.grpo_batch as tr
+    from thinkrl.train.grpo import GRPOTrainer
 
     real = tr.group_advantages
     calls = [0]
@@ -184,7 +185,7 @@ def test_the_schedule_advances_mu_per_step_however_the_step_was_skipped(tmp_path
         "train.steps": steps, "objective.mu": mu, "train.save_every": 0, "eval.every": 0, "data.eval": "none",
         "rewards.weights": "{'tests.test_numerics:zero_then_nan_reward': 1}", "rewards.isolate": "false",
         "train.max_bad_steps": 5, "optim.warmup_steps": 3, "optim.schedule": "linear"})
-    trainer = tr.GRPOTrainer(load_config(None, overrides), tmp_path / "run")
+    trainer = GRPOTrainer(load_config(None, overrides), tmp_path / "run")
     trainer.run()
     assert trainer.step == steps and CALLS[0] == steps
     assert trainer.scheduler.last_epoch == steps * mu
