@@ -341,5 +341,12 @@ def describe(cfg: Config) -> str:
         f"(≤{r.max_new_tokens} tokens, T={r.temperature}); {n // micro} micro-batch(es) of {micro}; "
         f"μ={cfg.objective.mu}, β={cfg.objective.beta}, ε={cfg.objective.eps_low}/"
         f"{cfg.objective.eps_high or cfg.objective.eps_low}, loss={cfg.objective.loss_agg}, "
-        f"std-scaled advantages={cfg.scale_std}, lr={cfg.optim.lr}"
+        f"std-scaled advantages={cfg.scale_std}, lr={cfg.optim.lr}" + "".join(
+            f"; {part}" for part, on in [
+                (f"process-supervised by {sorted(cfg.rewards.step_weights)}", cfg.objective.advantage == "process"),
+                (f"dynamic sampling (≤{r.max_sample_rounds} rounds)", r.dynamic_sampling),
+                (f"asynchronous rollouts ({r.async_steps} step(s) ahead, TIS cap {cfg.objective.tis_cap})",
+                 r.async_steps > 0),
+                (f"sampled by {r.workers} Ray worker(s)", r.engine == "ray"),
+                (f"rewards scored by {cfg.rewards.ray_actors} Ray actor(s)", cfg.rewards.workers == "ray")] if on)
     )
