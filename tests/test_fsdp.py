@@ -19,6 +19,7 @@ import torch
 from tests.test_distributed import fixed_groups, torchrun
 from tests.test_trainer import random_model_overrides, small_dataset
 from thinkrl import distributed, sharding
+from thinkrl.checkpoint import read_weights
 from thinkrl.config import load_config
 from thinkrl.train.grpo import GRPOTrainer
 
@@ -83,7 +84,7 @@ def saved_state(ckpt: Path) -> tuple[dict, dict]:
 
     dcp_to_torch_save(ckpt / "optimizer", ckpt.parent / "optim.pt")
     optim = torch.load(ckpt.parent / "optim.pt", weights_only=False)["optimizer"]["state"]
-    return optim, sharding.read_weights(ckpt)
+    return optim, read_weights(ckpt)
 
 
 def assert_loaded(loaded: dict, ckpt: Path) -> None:

@@ -195,6 +195,19 @@ def load_trainer_state(ckpt: Path) -> dict:
     return torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=False)
 
 
+def read_weights(directory: Path) -> dict:
+    """A Hugging Face directory's weights (one safetensors file or an index of shards)."""
+    from safetensors.torch import load_file
+
+    index = directory / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
+        "model.safetensors"]
+    state = {}
+    for name in files:
+        state.update(load_file(str(directory / name)))
+    return state
+
+
 def load_weights(model, ckpt: Path) -> None:
     """Load a checkpoint's weights (one safetensors file or an index of shards) into `model`; a
     PEFT model's checkpoint holds its adapter alone (`_load_adapter`)."""
@@ -208,12 +221,7 @@ def load_weights(model, ckpt: Path) -> None:
                              "model.lora settings")
         _load_adapter(model, ckpt, load_file(str(ckpt / "adapter_model.safetensors")))
         return
-    index = ckpt / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(load_file(str(ckpt / name)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(ckpt), strict=False)
     tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
     if set(missing) - tied or unexpected:
         raise ValueError(f"{ckpt}: weights do not match the model (missing {sorted(set(missing) - tied)[:5]}, "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -111,19 +110,6 @@ def load_full_state(model, state: dict) -> None:
     tied = getattr(model.config, "tie_word_embeddings", False)
     state = {k: v for k, v in state.items() if not (tied and k == "lm_head.weight")}
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=not tied))
-
-
-def read_weights(directory: Path) -> dict:
-    """A Hugging Face directory's weights (one safetensors file or an index of shards)."""
-    from safetensors.torch import load_file
-
-    index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
-        "model.safetensors"]
-    state = {}
-    for name in files:
-        state.update(load_file(str(directory / name)))
-    return state
 
 
 def save_optimizer(model, optimizer, directory: Path) -> None:

@@ -232,7 +232,7 @@ class TrainingRun:
             raise ResumeError(f"--resume: {found} was written with train.parallel="
                               f"{'fsdp' if s['optimizer'] is None else 'ddp'}; resume with that setting")
         if sharding.is_sharded(self._model):
-            sharding.load_full_state(self._model, sharding.read_weights(found))
+            sharding.load_full_state(self._model, ckpt.read_weights(found))
         else:
             ckpt.load_weights(self._model, found)
         if self._sampler is not None:
