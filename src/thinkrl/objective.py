@@ -96,6 +96,7 @@ def process_advantages(steps: list[list[tuple[int, float]]], group_size: int, le
         if len(R) < 2 or std <= eps:
             zero[g] = True
             continue
+        mean = float(R.mean())
         for i in members:
             ends = [min(e, lengths[i] - 1) for e, _ in steps[i]]
             if steps[i]:
@@ -103,7 +104,7 @@ def process_advantages(steps: list[list[tuple[int, float]]], group_size: int, le
             starts = [0] + [e + 1 for e in ends[:-1]]
             to_go = 0.0  # Σ of the normalised rewards of this step and the ones after it
             for (_, r), a, b in reversed(list(zip(steps[i], starts, ends))):
-                to_go += float((r - R.mean()) / std) if scale_std else float(r - R.mean())
+                to_go += (r - mean) / float(std) if scale_std else r - mean
                 if b >= a:
                     out[i, a:b + 1] = to_go
     return out.to(torch.float32), zero
@@ -195,9 +196,9 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)
     tis = None
-    if behaviour_logp is not None:
-        d = torch.where(valid, old.detach() - behaviour_logp, torch.zeros_like(logp))
-        tis = torch.exp(d).clamp(max=tis_cap).detach()
+    if behaviour_logp is not None:  # π_old/π_behaviour, and its truncation (padding: 1)
+        raw_tis = torch.exp(torch.where(valid, old.detach() - behaviour_logp, torch.zeros_like(logp))).detach()
+        tis = raw_tis.clamp(max=tis_cap)
         per_token = per_token * tis
     kl = None
     if beta != 0.0:
@@ -215,7 +216,7 @@ def grpo_loss(
             "kl": float((kl * mask).sum() / n) if kl is not None else 0.0,
         }
         if tis is not None:
-            raw = torch.exp(torch.where(valid, old.detach() - behaviour_logp, torch.zeros_like(logp)))
-            stats.update(tis_weight=float((tis * mask).sum() / n), tis_weight_max=float(raw[valid].max()) if valid.any()
-                         else 1.0, tis_capped_frac=float(((raw > tis_cap).to(mask.dtype) * mask).sum() / n))
+            stats.update(tis_weight=float((tis * mask).sum() / n),
+                         tis_weight_max=float(raw_tis[valid].max()) if valid.any() else 1.0,
+                         tis_capped_frac=float(((raw_tis > tis_cap).to(mask.dtype) * mask).sum() / n))
     return loss, stats

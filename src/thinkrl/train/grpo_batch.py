@@ -28,6 +28,7 @@ import bisect
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -58,6 +59,18 @@ class StepSamples:
     timing: dict[str, float] = field(default_factory=dict)  # generate, reward: seconds over all rounds
     staleness: int = 0  # asynchronous rollouts: policy versions between the sampler and the learner
     behaviour_logprobs: list[list[float]] | None = None  # asynchronous rollouts: the sampler's, per token
+
+
+class Round(NamedTuple):
+    """One round of sampling: this process's questions' G samples each, scored."""
+
+    rollouts: Rollouts
+    rows: list[dict]  # one per completion
+    total: list[float]
+    per_reward: dict[str, list]
+    advantages: torch.Tensor  # [N] or [N, max length]
+    zero_std: list[bool]  # per group
+    nonfinite: dict[str, int]
 
 
 def token_ends(decode, ids: list[int], char_ends: list[int]) -> list[int]:
@@ -148,7 +161,7 @@ class StepSampling:
                                                       outcome=total if self.rewards else None,
                                                       scale_std=cfg.scale_std)
         timing["reward"] = timing.get("reward", 0.0) + time.perf_counter() - t1
-        return rollouts, rows, total, per_reward, advantages, zero_std.tolist(), nonfinite
+        return Round(rollouts, rows, total, per_reward, advantages, zero_std.tolist(), nonfinite)
 
     def collect(self) -> StepSamples:
         if self.cfg.rollout.async_steps:
@@ -162,8 +175,7 @@ class StepSampling:
             part = self.draw_round(n, timing)
             rounds, drawn_questions = rounds + 1, drawn_questions + n
             parts.append(part)
-            zero_std = part[5]
-            use = [g for g in range(len(zero_std)) if not (r.dynamic_sampling and zero_std[g])]
+            use = [g for g, flat in enumerate(part.zero_std) if not (r.dynamic_sampling and flat)]
             kept.append(use)
             if not r.dynamic_sampling:
                 break
@@ -182,26 +194,24 @@ class StepSampling:
         samples.timing = timing
         return samples
 
-    def _assemble(self, parts, kept, rounds, drawn_questions, target, informative) -> StepSamples:
+    def _assemble(self, parts: list[Round], kept, rounds, drawn_questions, target, informative) -> StepSamples:
         G = self.cfg.rollout.group_size
-        drawn = Rollouts.concat([p[0] for p in parts])
-        rows = [row for p in parts for row in p[1]]
-        total = [x for p in parts for x in p[2]]
-        names = list(parts[0][3])
-        per_reward = {n: [x for p in parts for x in p[3][n]] for n in names}
-        zero_std = [z for p in parts for z in p[5]]
-        nonfinite = {n: sum(p[6].get(n, 0) for p in parts) for n in parts[0][6]}
+        drawn = Rollouts.concat([p.rollouts for p in parts])
+        rows = [row for p in parts for row in p.rows]
+        total = [x for p in parts for x in p.total]
+        per_reward = {n: [x for p in parts for x in p.per_reward[n]] for n in parts[0].per_reward}
+        zero_std = [z for p in parts for z in p.zero_std]
+        nonfinite = {n: sum(p.nonfinite.get(n, 0) for p in parts) for n in parts[0].nonfinite}
         prompt_ids, completion_ids, group_ids, adv = [], [], [], []
         offset = 0  # the first group of this round in `drawn`
         for p, use in zip(parts, kept):
-            advantages = p[4]
             for g in use:
                 for i in range(g * G, (g + 1) * G):
-                    prompt_ids.append(p[0].prompt_ids[i])
-                    completion_ids.append(p[0].completion_ids[i])
+                    prompt_ids.append(p.rollouts.prompt_ids[i])
+                    completion_ids.append(p.rollouts.completion_ids[i])
                     group_ids.append(offset + g)
-                    adv.append(advantages[i])
-            offset += len(p[5])
+                    adv.append(p.advantages[i])
+            offset += len(p.zero_std)
         if not adv:
             advantages = torch.zeros(0)
         elif adv[0].dim() == 0:
@@ -232,9 +242,9 @@ class StepSampling:
             self.in_flight.append((self.step, *self.submit_round(n)))
         version, idx, pending = self.in_flight.pop(0)
         part = self.finish_round(idx, pending, timing, t0)
-        samples = self._assemble([part], [list(range(len(part[5])))], 1, n, n, n)
+        samples = self._assemble([part], [list(range(len(part.zero_std)))], 1, n, n, n)
         samples.timing, samples.staleness = timing, self.step - version
-        samples.behaviour_logprobs = part[0].logprobs
+        samples.behaviour_logprobs = part.rollouts.logprobs
         return samples
 
     def in_flight_state(self) -> list:
