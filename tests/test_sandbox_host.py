@@ -129,8 +129,9 @@ def test_disk_quota_stops_a_program_writing_many_files(iso, monkeypatch, where):
     ex = run_python(WRITE_MANY, limits=Limits(max_disk_mb=8, wall_s=10))
     assert ex.status == "disk_limit" and "disk quota of 8 MB exceeded" in ex.reason, ex
     written = int(ex.stdout.split()[-1]) if ex.stdout.split() else 0
-    # what reached the disk: within the quota (the kernel), or a little over it (a poll's worth)
-    assert written <= (8 if where == "kernel" else 32), ex.stdout
+    # what reached the disk: within the quota (the kernel); or over it by what the program wrote
+    # between two polls, which depends on the machine's speed: stopped long before its 200 files
+    assert written <= 8 if where == "kernel" else written < 100, ex.stdout
     assert Limits(max_disk_mb=8).max_disk_mb == 8
     with pytest.raises(ValueError):
         Limits(max_disk_mb=0)

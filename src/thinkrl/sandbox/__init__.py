@@ -18,8 +18,8 @@ in the order they are applied, and where each applies:
   `Limits.max_disk_mb`. In a mount namespace the directory is a tmpfs of that size (memory, not
   disk; freed with the namespace), and a write beyond it fails with ENOSPC (status
   "disk_limit" when the program dies of it); elsewhere the parent polls the directory's usage
-  (each file at least 4 KiB) and kills the run over it ("disk_limit": a poll's worth of writing
-  may land first). RLIMIT_FSIZE bounds each file.
+  (each file at least 4 KiB; every 2 ms) and kills the run over it ("disk_limit": what is
+  written between two polls may land first). RLIMIT_FSIZE bounds each file.
 - **Scrubbed environment** (always): none of the parent's variables; only PATH (system
   directories), HOME, TMPDIR, LANG/LC_ALL, PYTHONDONTWRITEBYTECODE, PYTHONIOENCODING and a
   per-run marker.

@@ -32,7 +32,7 @@ from typing import NamedTuple
 from . import slots
 from .detect import isolation
 from .records import DISK_LIMIT, OUTPUT_LIMIT, SANDBOX_ERROR, TIMEOUT, Execution, Limits, checked_inputs
-from .spawn import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded, read_chunk
+from .spawn import _exited, _finish, _polled_dir, _Run, _start, disk_usage_exceeded, next_disk_poll, read_chunk
 
 _GRACE_S = 0.2  # after the judge ends, how long the program has to exit on its own
 _RELAYED = 64  # the lines each side may have relayed, in all, as a multiple of the output cap
@@ -179,7 +179,7 @@ def _relay(judge_run: _Run, program_run: _Run, data: bytes, limits: Limits, star
                 if side.disk_dir is not None and side.exited_at is None and side.verdict is None and \
                         disk_usage_exceeded(side.disk_dir, limits.max_disk_mb * 2 ** 20):
                     side.kill(DISK_LIMIT)
-            next_poll = time.monotonic() + max(0.01, 2 * (time.monotonic() - now))  # a third of the time at most
+            next_poll = next_disk_poll(now)
             if judge.verdict is not None:
                 continue
         poll = select.poll()
@@ -202,6 +202,8 @@ def _relay(judge_run: _Run, program_run: _Run, data: bytes, limits: Limits, star
             wait_s = 0.02
         else:
             wait_s = 0.1
+        if any(side.disk_dir is not None and side.exited_at is None for side in (judge, program)):
+            wait_s = min(wait_s, next_poll - now)  # a silent writer is polled on time too
         wait_s = min(deadline - now, wait_s)
         events = poll.poll(max(wait_s, 0) * 1000)
         idle = not events

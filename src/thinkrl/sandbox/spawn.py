@@ -175,6 +175,15 @@ def _polled_dir(iso: Isolation, tmp: str) -> str | None:
     return None if iso.unshare_flags & CLONE_NEWNS else tmp
 
 
+DISK_POLL_S = 0.002  # the shortest interval between two polls of a run directory's usage
+
+
+def next_disk_poll(scan_started: float) -> float:
+    """When to poll again: DISK_POLL_S after a scan, or later when scans are slow (they then
+    take a third of the time at most)."""
+    return time.monotonic() + max(DISK_POLL_S, 2 * (time.monotonic() - scan_started))
+
+
 def disk_usage_exceeded(path: str, limit: int) -> bool:
     """Whether what lies under `path` takes more than `limit` bytes (allocated blocks, each file
     or directory counted as at least 4 KiB). A directory that cannot be read counts as over."""
@@ -242,11 +251,13 @@ def _drive(proc: subprocess.Popen, data: bytes, limits: Limits, start: float, di
                 if disk_usage_exceeded(disk_dir, limits.max_disk_mb * 2 ** 20):
                     verdict = DISK_LIMIT
                     break
-                next_poll = time.monotonic() + max(0.01, 2 * (time.monotonic() - now))  # at most a third of the time
+                next_poll = next_disk_poll(now)
             if not readers:  # both pipes closed, the process not yet gone
                 time.sleep(min(0.005, deadline - now))
                 continue
             wait = 0.1 if exited_at is None and disk_dir is None else 0.02
+            if disk_dir is not None and exited_at is None:  # a silent writer is polled on time too
+                wait = max(0.0, min(wait, next_poll - now))
             for key, _ in sel.select(min(deadline - now, wait)):
                 fd = key.fd
                 if key.events & selectors.EVENT_WRITE:
