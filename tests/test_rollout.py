@@ -63,16 +63,16 @@ def test_stop_string_ends_the_completion(engine):
     params = SamplingParams(n=2, max_new_tokens=30, stop=["</answer>"])
     hook_state = {"t": 0}
 
-    def hook(module, inputs, output):
-        # bias logits so the next token follows the stop string's tokens in order
-        logits = output.logits
+    def hook(module, inputs, logits):
+        # bias the logits so the next token follows the stop string's tokens in order
         target = stop_ids[hook_state["t"] % len(stop_ids)]
         logits[:, -1, :] = -1e9
         logits[:, -1, target] = 0
         hook_state["t"] += 1
-        return output
+        return logits
 
-    h = model.register_forward_hook(hook)
+    engine.generate(p, SamplingParams(n=1, max_new_tokens=1))  # the decoder's first-use check runs unhooked
+    h = model.lm_head.register_forward_hook(hook)
     try:
         out = engine.generate(p, params, generator=torch.Generator().manual_seed(0))
     finally:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..policy import cache_kwarg, output_cache
 from .engine import Pending, Rollouts, SamplingParams
+from .kv import make_decoder
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
@@ -61,8 +61,9 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 class HFEngine:
     """A `RolloutEngine` over a transformers causal LM (the policy itself: no weight sync)."""
 
-    def __init__(self, model, tokenizer, device):
+    def __init__(self, model, tokenizer, device, decoder: str = "auto"):
         self.model = model
+        self.decoder = decoder  # the KV cache and forward: auto | static | transformers (kv.make_decoder)
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -71,7 +72,6 @@ class HFEngine:
         if not self.eos_ids:
             raise ValueError("the tokenizer and model define no EOS token; set tokenizer.eos_token")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self._cache_arg = cache_kwarg(model)
         self._stop_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def sync_weights(self, model) -> None:
@@ -96,13 +96,6 @@ class HFEngine:
             self._stop_cache[key] = torch.tensor(flags + [False] * (vocab - len(flags)), dtype=torch.bool)
         return self._stop_cache[key]
 
-    def _forward(self, **kw):
-        cache = kw.pop("cache", None)
-        if cache is not None:
-            kw[self._cache_arg] = cache
-        out = self.model(use_cache=True, **kw)
-        return out.logits[:, -1], output_cache(out)
-
     @torch.no_grad()
     def generate(self, prompt_ids, params: SamplingParams, generator=None) -> Rollouts:
         # without gradient and in eval mode no layer is checkpointed, so the KV cache is kept with
@@ -124,9 +117,10 @@ class HFEngine:
             attn[i, P - len(p):] = 1
         ids, attn = ids.to(dev), attn.to(dev)
         pos = (attn.cumsum(-1) - 1).clamp_(min=0)
-        logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1)
+        decoder = make_decoder(self.model, prompt_ids[0], P + params.max_new_tokens, dev, self.decoder)
+        logits = decoder.prefill(ids, attn, pos)
         if n > 1:
-            cache.batch_repeat_interleave(n)
+            decoder.repeat(n)
             logits, attn = logits.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
         N, T = B * n, params.max_new_tokens
         out_tok = torch.full((N, T), self.pad_id, dtype=torch.long)
@@ -156,11 +150,9 @@ class HFEngine:
                 break
             if bool(done.any()):  # drop finished sequences from the batch and its cache
                 keep = (~done).nonzero().flatten()
-                cache.batch_select_indices(keep)
-                attn, next_pos, tok, active = attn[keep], next_pos[keep], tok[keep], active[keep.cpu()]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
-            logits, cache = self._forward(input_ids=tok[:, None], attention_mask=attn,
-                                          position_ids=next_pos[:, None], cache=cache)
+                decoder.keep(keep)
+                next_pos, tok, active = next_pos[keep], tok[keep], active[keep.cpu()]
+            logits = decoder.step(tok, next_pos)
             next_pos = next_pos + 1
         comp = [out_tok[i, : lengths[i]].tolist() for i in range(N)]
         return Rollouts(

@@ -1,0 +1,259 @@
+"""The decoder behind the sampling loop: a forward pass that keeps a KV cache.
+
+`StaticKV` runs a decoder-only transformer of the Llama family (llama, qwen2, qwen3, mistral
+without a sliding window) step by step through the model's own modules (projections, norms,
+MLPs, rotary embedding: LoRA layers of PEFT apply as in training) with a KV cache allocated
+once per call: the prompt is pre-filled once per group and copied to its G rows, each new
+token's keys and values are written in place, and a finished row is dropped by moving the
+live rows to the front of the same buffers. transformers' own forward with its growing cache
+(`HFCache`) serves every other model, and serves as the reference: the first time a model is
+seen, both run on one prompt and StaticKV is used only if its logits agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+from ..policy import cache_kwarg, output_cache
+
+log = logging.getLogger("thinkrl.rollout")
+
+LLAMA_FAMILY = {"llama", "qwen2", "qwen3", "mistral"}
+_STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+
+
+class HFCache:
+    """transformers' forward and cache. prefill → logits of each prompt's last token [B, V];
+    repeat(n) → each row becomes n; step(tokens, positions) → logits [N, V]; keep(rows)."""
+
+    def __init__(self, model, max_len: int):
+        self.model = model
+        self._arg = cache_kwarg(model)
+        self.cache = None
+        self.attn = None
+
+    def prefill(self, ids, attn, pos):
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=1, use_cache=True)
+        self.cache, self.attn = output_cache(out), attn
+        return out.logits[:, -1]
+
+    def repeat(self, n: int):
+        if n > 1:
+            self.cache.batch_repeat_interleave(n)
+            self.attn = self.attn.repeat_interleave(n, 0)
+
+    def keep(self, rows):
+        self.cache.batch_select_indices(rows)
+        self.attn = self.attn[rows]
+
+    def step(self, tokens, pos):
+        self.attn = torch.cat([self.attn, self.attn.new_ones(self.attn.shape[0], 1)], dim=1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attn, position_ids=pos[:, None],
+                         use_cache=True, **{self._arg: self.cache})
+        self.cache = output_cache(out)
+        return out.logits[:, -1]
+
+
+def _inner(model):
+    """The transformers CausalLM under a PEFT wrapper (its LoRA layers stay in the modules)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def static_kv_supported(model) -> str | None:
+    """None if StaticKV can run `model`, else why not."""
+    inner = _inner(model)
+    cfg = getattr(inner, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in LLAMA_FAMILY:
+        return f"model type {kind!r} (StaticKV knows {', '.join(sorted(LLAMA_FAMILY))})"
+    if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
+        return "sharded parameters (FSDP)"
+    if getattr(cfg, "use_sliding_window", False) or (kind == "mistral" and getattr(cfg, "sliding_window", None)):
+        return "a sliding attention window"
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return "layers other than full attention"
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    if rope.get("rope_type", rope.get("type", "default")) not in _STATIC_ROPE:
+        return f"rope type {rope.get('rope_type')!r}"
+    body = getattr(inner, "model", None)
+    if body is None or not all(hasattr(body, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+        return "a module layout other than model.{embed_tokens, layers, norm, rotary_emb}"
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "attn_logit_softcapping", None):
+        return "soft-capped logits"
+    return None
+
+
+def _rotate(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+class StaticKV:
+    """A preallocated KV cache for `max_len` positions and the step-by-step forward of a
+    Llama-family model (see the module's docstring). Same interface as `HFCache`."""
+
+    def __init__(self, model, max_len: int):
+        inner = _inner(model)
+        self.body, self.lm_head, self.max_len = inner.model, inner.lm_head, max_len
+        self.layers = list(self.body.layers)
+        attn = self.layers[0].self_attn
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        cfg = inner.config
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.k = self.v = None
+        self.n = 0  # live rows
+        self.length = 0  # columns filled
+
+    def _rope(self, x, pos):
+        cos, sin = self.cos[pos], self.sin[pos]  # [N, T, D]
+        return cos[:, None], sin[:, None]
+
+    def _attention(self, i, layer, x, pos, t0, mask):
+        """x [N, T, hidden] at columns t0..t0+T-1 of the cache."""
+        a, (N, T, _) = layer.self_attn, x.shape
+        q = a.q_proj(x).view(N, T, -1, self.head_dim)
+        k = a.k_proj(x).view(N, T, -1, self.head_dim)
+        v = a.v_proj(x).view(N, T, -1, self.head_dim).transpose(1, 2)
+        if hasattr(a, "q_norm"):  # qwen3
+            q, k = a.q_norm(q), a.k_norm(k)
+        cos, sin = self._rope(x, pos)
+        q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)
+        if self.k is None:
+            shape = (N, self.kv_heads, self.max_len, self.head_dim)
+            self.k = [k.new_empty(shape) for _ in self.layers]
+            self.v = [k.new_empty(shape) for _ in self.layers]
+        self.k[i][:N, :, t0:t0 + T] = k
+        self.v[i][:N, :, t0:t0 + T] = v
+        keys, values = self.k[i][:N, :, :t0 + T], self.v[i][:N, :, :t0 + T]
+        group = self.heads // self.kv_heads
+        if T == 1:  # one query per head, a kv head's group of them together: plain matmuls beat
+            # SDPA's kernel on these short rows (measured on CPU)
+            scores = torch.matmul(q.reshape(N, self.kv_heads, group, -1), keys.transpose(-1, -2)) * self.scaling
+            if mask is not None:
+                scores = scores + mask
+            out = torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype), values)
+        else:
+            if group > 1:
+                keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        return a.o_proj(out.reshape(N, self.heads, T, -1).transpose(1, 2).reshape(N, T, -1))
+
+    def _forward(self, ids, pos, t0, mask, last_only):
+        x = self.body.embed_tokens(ids)
+        for i, layer in enumerate(self.layers):
+            x = x + self._attention(i, layer, layer.input_layernorm(x), pos, t0, mask)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = self.body.norm(x[:, -1:] if last_only else x)
+        return self.lm_head(x)[:, -1]
+
+    def prefill(self, ids, attn, pos):
+        B, P = ids.shape
+        rows = torch.arange(self.max_len, device=ids.device)[None]
+        cos, sin = self.body.rotary_emb(self.body.embed_tokens.weight[:1][None], rows)
+        self.cos, self.sin = cos[0], sin[0]
+        self.valid = torch.ones(B, self.max_len, dtype=torch.bool, device=ids.device)
+        self.valid[:, :P] = attn.bool()
+        mask = None
+        self.padded = not bool(self.valid[:, :P].all())
+        if self.padded:  # causal, over real tokens; a padding query sees itself
+            causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
+            mask = (causal[None] & self.valid[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=ids.device)
+            mask = mask[:, None]
+        else:
+            mask = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
+        logits = self._forward(ids, pos, 0, mask, last_only=True)
+        self.n, self.length = B, P
+        self.live = torch.arange(B, device=ids.device)
+        return logits
+
+    def repeat(self, n: int):
+        if n == 1:
+            return
+        B, P = self.n, self.length
+        for cache in (self.k, self.v):
+            for i, c in enumerate(cache):
+                grown = c.new_empty((B * n,) + tuple(c.shape[1:]))
+                grown[:, :, :P] = c[:B, :, :P].repeat_interleave(n, 0)
+                cache[i] = grown
+        self.valid = self.valid.repeat_interleave(n, 0)
+        self.n = B * n
+        self.live = torch.arange(self.n, device=self.valid.device)
+
+    def keep(self, rows):
+        """Keep the live rows `rows` (ascending indices among the live rows). The dropped rows'
+        cache stays (and they keep being computed, unread) until a quarter of the rows are
+        dropped; the live rows are then moved to the front of the buffers."""
+        self.live = self.live[rows]
+        m = len(self.live)
+        if m > 0.75 * self.n:
+            return
+        L = self.length
+        for cache in (self.k, self.v):
+            for c in cache:
+                c[:m, :, :L] = c[self.live, :, :L]
+        self.valid[:m] = self.valid[self.live]
+        self.n, self.live = m, torch.arange(m, device=self.live.device)
+
+    def step(self, tokens, pos):
+        """logits [live rows, V] after feeding each live row its next token at its position."""
+        t0, N = self.length, self.n
+        if t0 >= self.max_len:
+            raise RuntimeError(f"StaticKV: more than {self.max_len} positions")
+        if len(self.live) < N:  # dropped rows not yet compacted away take a harmless token
+            tokens = tokens.new_zeros(N).index_copy_(0, self.live, tokens)
+            pos = pos.new_zeros(N).index_copy_(0, self.live, pos)
+        mask = None
+        if self.padded:  # 0 where a key is a token, -inf where it is padding
+            mask = torch.zeros(N, 1, 1, t0 + 1, device=tokens.device).masked_fill_(~self.valid[:N, None, None, :t0 + 1],
+                                                                                 float("-inf"))
+        logits = self._forward(tokens[:, None], pos[:, None], t0, mask, last_only=False)
+        self.length = t0 + 1
+        return logits if len(self.live) == N else logits[self.live]
+
+
+_VERIFIED = weakref.WeakKeyDictionary()  # model → whether StaticKV agreed with transformers' forward on it
+
+
+def _agrees(model, ids, tol: float = 1e-3) -> bool:
+    """StaticKV's logits against transformers' on a prompt [1, P] and two new tokens."""
+    attn, pos = torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None]
+    a, b = StaticKV(model, ids.shape[1] + 2), HFCache(model, ids.shape[1] + 2)
+    diffs, nxt = [], None
+    for k in range(3):
+        la, lb = (a.prefill(ids, attn, pos), b.prefill(ids, attn, pos)) if k == 0 else (
+            a.step(nxt, pos[:, -1] + k), b.step(nxt, pos[:, -1] + k))
+        scale = lb.float().abs().max().clamp(min=1.0)
+        diffs.append(float(((la.float() - lb.float()).abs().max() / scale)))
+        nxt = lb.argmax(-1)
+    tol = tol if next(model.parameters()).dtype == torch.float32 else 5e-2
+    return max(diffs) <= tol
+
+
+def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "auto"):
+    """kind "auto": StaticKV when it supports `model` and agreed with transformers' forward on
+    it the first time it was seen (checked on the last 8 tokens of `probe`, a prompt), HFCache
+    otherwise; "static" or "transformers" choose (StaticKV still refuses what it cannot run)."""
+    if kind == "transformers":
+        return HFCache(model, max_len)
+    if kind == "static":
+        why = static_kv_supported(model)
+        if why:
+            raise ValueError(f"StaticKV cannot run this model: {why}")
+        return StaticKV(model, max_len)
+    key = model
+    if key not in _VERIFIED:
+        why = static_kv_supported(model)
+        if why is None:
+            ok = _agrees(model, torch.tensor([probe[-8:]], dtype=torch.long, device=device))
+            if not ok:
+                why = "its logits differ from transformers' forward"
+        else:
+            ok = False
+        _VERIFIED[key] = ok
+        if why:
+            log.info("sampling through transformers' forward and cache: %s", why)
+    return StaticKV(model, max_len) if _VERIFIED[key] else HFCache(model, max_len)
