@@ -164,7 +164,8 @@ def table(results: dict) -> str:
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs both sides, alternating which goes first")
-    ap.add_argument("--threads", default="1,2", help="thread counts, each run in every round (0 = torch's default)")
+    ap.add_argument("--threads", help="thread counts, each run in every round (0 = torch's default); default 1,2, "
+                                      "with --quick 1")
     ap.add_argument("--tasks", default="embedded,second", help="embedded, second (bench/second_task.py), or both")
     ap.add_argument("--steps", type=int, default=20, help="measured steps (after --warmup ones)")
     ap.add_argument("--warmup", type=int, default=2, help="steps trained but left out of the measurement")
@@ -173,11 +174,13 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample-ms", type=float, default=25.0, help="interval of the process-tree memory sampling")
     ap.add_argument("--second-cache", help="bench/second_task.py's cache directory (its default if not given)")
-    ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, 1 warm-up + 3 steps, 1 thread, 40 questions")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 round, 1 warm-up + 3 steps, 40 questions, 1 thread unless --threads is given")
     ap.add_argument("--out", help="also write the JSON here, with every round's and every step's numbers")
     args = ap.parse_args()
     if args.quick:
-        args.rounds, args.steps, args.warmup, args.threads, args.eval_size = 1, 3, 1, "1", 40
+        args.rounds, args.steps, args.warmup, args.eval_size = 1, 3, 1, 40
+    args.threads = args.threads or ("1" if args.quick else "1,2")
     args.threads = [int(x) for x in str(args.threads).split(",") if x.strip()]
     args.tasks = [x.strip() for x in args.tasks.split(",") if x.strip()]
     bad = [x for x in args.tasks if x not in ("embedded", "second")]
