@@ -264,8 +264,10 @@ def test_the_engine_samples_the_same_with_checkpointing_on():
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=24, stop=["</answer>"])
     out = []
     for m in (model, ckpt):
+        engine = make_engine("hf", m, tok, CPU)
+        engine.generate(prompts, SamplingParams(max_new_tokens=1))  # the decoder's first-use check, unwatched
         with Watch(m) as w:
-            ro = make_engine("hf", m, tok, CPU).generate(prompts, params, generator=torch.Generator().manual_seed(9))
+            ro = engine.generate(prompts, params, generator=torch.Generator().manual_seed(9))
         assert m.training  # given back in training mode
         out.append((ro, w.mlp_calls))
     (a, calls_a), (b, calls_b) = out
