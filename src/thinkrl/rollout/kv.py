@@ -92,6 +92,19 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
+_RMS_NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
+
+
+def _norm(module, x):
+    """transformers' RMSNorm of the Llama family in one fused op (float32 inside, the weight
+    applied in the input's dtype, as transformers does); any other norm module as it is."""
+    if type(module).__name__ not in _RMS_NORMS:
+        return module(x)
+    if x.dtype == torch.float32 and module.weight.dtype == torch.float32:
+        return F.rms_norm(x, x.shape[-1:], module.weight, module.variance_epsilon)
+    return module.weight * F.rms_norm(x.float(), x.shape[-1:], eps=module.variance_epsilon).to(x.dtype)
+
+
 class StaticKV:
     """A preallocated KV cache for `max_len` positions and the step-by-step forward of a
     Llama-family model (see the module's docstring). Same interface as `HFCache`."""
@@ -108,20 +121,16 @@ class StaticKV:
         self.n = 0  # live rows
         self.length = 0  # columns filled
 
-    def _rope(self, x, pos):
-        cos, sin = self.cos[pos], self.sin[pos]  # [N, T, D]
-        return cos[:, None], sin[:, None]
-
-    def _attention(self, i, layer, x, pos, t0, mask):
-        """x [N, T, hidden] at columns t0..t0+T-1 of the cache."""
+    def _attention(self, i, layer, x, rope, t0, mask):
+        """x [N, T, hidden] at columns t0..t0+T-1 of the cache; rope: (cos, sin) [N, 1, T, D]."""
         a, (N, T, _) = layer.self_attn, x.shape
         q = a.q_proj(x).view(N, T, -1, self.head_dim)
         k = a.k_proj(x).view(N, T, -1, self.head_dim)
         v = a.v_proj(x).view(N, T, -1, self.head_dim).transpose(1, 2)
         if hasattr(a, "q_norm"):  # qwen3
-            q, k = a.q_norm(q), a.k_norm(k)
-        cos, sin = self._rope(x, pos)
-        q, k = _rotate(q.transpose(1, 2), cos, sin), _rotate(k.transpose(1, 2), cos, sin)
+            q, k = _norm(a.q_norm, q), _norm(a.k_norm, k)
+        qk = _rotate(torch.cat((q, k), dim=2).transpose(1, 2), *rope)  # queries and keys rotated at once
+        q, k = qk[:, :self.heads], qk[:, self.heads:]
         if self.k is None:
             shape = (N, self.kv_heads, self.max_len, self.head_dim)
             self.k = [k.new_empty(shape) for _ in self.layers]
@@ -144,10 +153,11 @@ class StaticKV:
 
     def _forward(self, ids, pos, t0, mask, last_only):
         x = self.body.embed_tokens(ids)
+        rope = self.cos[pos][:, None], self.sin[pos][:, None]
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer, layer.input_layernorm(x), pos, t0, mask)
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        x = self.body.norm(x[:, -1:] if last_only else x)
+            x = x + self._attention(i, layer, _norm(layer.input_layernorm, x), rope, t0, mask)
+            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+        x = _norm(self.body.norm, x[:, -1:] if last_only else x)
         return self.lm_head(x)[:, -1]
 
     def prefill(self, ids, attn, pos):
