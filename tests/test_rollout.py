@@ -155,3 +155,17 @@ def test_the_shared_prompt_forward_runs_one_prompt_per_group(engine):
     assert torch.allclose(shared[m], plain[m], atol=1e-5)
     with pytest.raises(ValueError, match="different prompts"):
         SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu", [0] * len(out))
+
+
+def test_only_tokens_that_can_end_a_stop_string_trigger_the_check(engine):
+    from thinkrl.rollout.hf import _completes
+
+    for text, expected in [("</answer>", True), ("r>", True), ("er> x", True), ("x</answer>y", True), (">", True),
+                           ("</think>", False), ("<answer>", False), ("answer", False), ("", False)]:
+        assert _completes(text, "</answer>") == expected, text
+    flags = engine._stop_candidates(["</answer>", "。"])
+    tok = engine.tokenizer
+    for i in tok("。", add_special_tokens=False)["input_ids"]:  # bytes of one character: each may end it
+        assert flags[i]
+    assert flags[tok("</answer>", add_special_tokens=False)["input_ids"][-1]]
+    assert not flags[tok("What", add_special_tokens=False)["input_ids"][0]]

@@ -58,6 +58,12 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return tokens.clamp_(max=probs.shape[-1] - 1)  # a row with nothing to draw (NaN logits) stays in range
 
 
+def _completes(text: str, stop: str) -> bool:
+    """Whether a token whose text is `text` can be the one that completes `stop`: the stop
+    string lies inside the text, or a prefix of the text is a proper suffix of it."""
+    return stop in text or any(stop.endswith(text[:e]) for e in range(1, min(len(text), len(stop) - 1) + 1))
+
+
 class HFEngine:
     """A `RolloutEngine` over a transformers causal LM (the policy itself: no weight sync)."""
 
@@ -85,16 +91,26 @@ class HFEngine:
         return pending.result
 
     def _stop_candidates(self, stops: list[str]) -> torch.Tensor:
-        """Tokens whose text holds the last character of a stop string: only after one of these
-        can a stop string have just been completed, so only then is the tail decoded."""
+        """Tokens that can complete a stop string: some stretch of the token's text that starts
+        where the token starts, or inside it, ends a stop string (the whole string, or the end of
+        it when the stretch starts at the token's start). Only after one of these is the tail
+        decoded. Computed once per list of stop strings."""
         key = tuple(stops)
         if key not in self._stop_cache:
-            lasts = {s[-1] for s in stops if s}
             texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            flags = [any(c in t for c in lasts) for t in texts]
+            # a token that is part of a character's bytes decodes alone to U+FFFD: it may complete one
+            flags = [any(_completes(t, s) for s in stops if s) or "\ufffd" in t for t in texts]
             vocab = max(len(flags), int(getattr(self.model.config, "vocab_size", 0) or 0))
             self._stop_cache[key] = torch.tensor(flags + [False] * (vocab - len(flags)), dtype=torch.bool)
         return self._stop_cache[key]
+
+    def _decode_tails(self, rows: list[list[int]]) -> list[str]:
+        """The texts of a few short token tails, through the fast tokenizer's backend when there
+        is one (transformers' decode adds tens of microseconds per call)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            return backend.decode_batch(rows, skip_special_tokens=False)
+        return [self.tokenizer.decode(r) for r in rows]
 
     @torch.no_grad()
     def generate(self, prompt_ids, params: SamplingParams, generator=None) -> Rollouts:
@@ -139,11 +155,11 @@ class HFEngine:
             done = torch.isin(tok, eos)
             if stop_tok is not None:
                 maybe = (stop_tok[tok] & ~done).nonzero().flatten().tolist()
-                for j in maybe:
-                    row = int(active[j])
-                    tail = self.tokenizer.decode(out_tok[row, max(0, t - 16): t + 1].tolist())
-                    if any(s in tail for s in params.stop):
-                        done[j] = True
+                if maybe:
+                    tails = self._decode_tails([out_tok[int(active[j]), max(0, t - 16): t + 1].tolist() for j in maybe])
+                    for j, tail in zip(maybe, tails):
+                        if any(s in tail for s in params.stop):
+                            done[j] = True
             for j in done.nonzero().flatten().tolist():
                 finish[int(active[j])] = "stop"
             if t == T - 1 or bool(done.all()):

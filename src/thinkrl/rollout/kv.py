@@ -105,6 +105,38 @@ def _norm(module, x):
     return module.weight * F.rms_norm(x.float(), x.shape[-1:], eps=module.variance_epsilon).to(x.dtype)
 
 
+_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
+
+
+def _linear(m):
+    """A plain nn.Linear as its (weight, bias), called without the module machinery; anything
+    else (a LoRA layer) as the module itself."""
+    return (m.weight, m.bias) if type(m) is torch.nn.Linear else m
+
+
+def _apply(lin, x):
+    return F.linear(x, *lin) if type(lin) is tuple else lin(x)
+
+
+class _Layer:
+    """One decoder layer's parts, looked up once per call."""
+
+    def __init__(self, layer):
+        a, mlp = layer.self_attn, layer.mlp
+        self.q, self.k, self.v, self.o = (_linear(m) for m in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+        self.q_norm, self.k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)  # qwen3
+        self.norm1, self.norm2, self.mlp = layer.input_layernorm, layer.post_attention_layernorm, mlp
+        self.gate_up_down = None
+        if type(mlp).__name__ in _MLPS:
+            self.gate_up_down = (_linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj), mlp.act_fn)
+
+    def feed_forward(self, x):
+        if self.gate_up_down is None:
+            return self.mlp(x)
+        gate, up, down, act = self.gate_up_down
+        return _apply(down, act(_apply(gate, x)) * _apply(up, x))
+
+
 class StaticKV:
     """A preallocated KV cache for `max_len` positions and the step-by-step forward of a
     Llama-family model (see the module's docstring). Same interface as `HFCache`."""
@@ -112,8 +144,8 @@ class StaticKV:
     def __init__(self, model, max_len: int):
         inner = _inner(model)
         self.body, self.lm_head, self.max_len = inner.model, inner.lm_head, max_len
-        self.layers = list(self.body.layers)
-        attn = self.layers[0].self_attn
+        self.layers = [_Layer(layer) for layer in self.body.layers]
+        attn = self.body.layers[0].self_attn
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         cfg = inner.config
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -123,12 +155,12 @@ class StaticKV:
 
     def _attention(self, i, layer, x, rope, t0, mask):
         """x [N, T, hidden] at columns t0..t0+T-1 of the cache; rope: (cos, sin) [N, 1, T, D]."""
-        a, (N, T, _) = layer.self_attn, x.shape
-        q = a.q_proj(x).view(N, T, -1, self.head_dim)
-        k = a.k_proj(x).view(N, T, -1, self.head_dim)
-        v = a.v_proj(x).view(N, T, -1, self.head_dim).transpose(1, 2)
-        if hasattr(a, "q_norm"):  # qwen3
-            q, k = _norm(a.q_norm, q), _norm(a.k_norm, k)
+        N, T, _ = x.shape
+        q = _apply(layer.q, x).view(N, T, -1, self.head_dim)
+        k = _apply(layer.k, x).view(N, T, -1, self.head_dim)
+        v = _apply(layer.v, x).view(N, T, -1, self.head_dim).transpose(1, 2)
+        if layer.q_norm is not None:
+            q, k = _norm(layer.q_norm, q), _norm(layer.k_norm, k)
         qk = _rotate(torch.cat((q, k), dim=2).transpose(1, 2), *rope)  # queries and keys rotated at once
         q, k = qk[:, :self.heads], qk[:, self.heads:]
         if self.k is None:
@@ -149,14 +181,14 @@ class StaticKV:
             if group > 1:
                 keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
-        return a.o_proj(out.reshape(N, self.heads, T, -1).transpose(1, 2).reshape(N, T, -1))
+        return _apply(layer.o, out.reshape(N, self.heads, T, -1).transpose(1, 2).reshape(N, T, -1))
 
     def _forward(self, ids, pos, t0, mask, last_only):
         x = self.body.embed_tokens(ids)
         rope = self.cos[pos][:, None], self.sin[pos][:, None]
         for i, layer in enumerate(self.layers):
-            x = x + self._attention(i, layer, _norm(layer.input_layernorm, x), rope, t0, mask)
-            x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+            x = x + self._attention(i, layer, _norm(layer.norm1, x), rope, t0, mask)
+            x = x + layer.feed_forward(_norm(layer.norm2, x))
         x = _norm(self.body.norm, x[:, -1:] if last_only else x)
         return self.lm_head(x)[:, -1]
 
