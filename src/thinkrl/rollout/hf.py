@@ -1,9 +1,10 @@
-"""Batched sampling with a KV cache through transformers, in the trainer's own process.
+"""Batched sampling with a KV cache, in the trainer's own process.
 
 Why not `model.generate`: we need the log-probs of what was sampled, stop strings checked
 cheaply, and finished sequences dropped from the batch (measured on the tiny model: a plain
 cache loop with dropping is faster than `generate`, docs/embedded-task.md §Speed facts). Each
-prompt is pre-filled once and its cache repeated for the G samples of its group.
+prompt is pre-filled once and its cache repeated for the G samples of its group. The forward
+and the cache are `kv.StaticKV`'s for Llama-family models and transformers' otherwise.
 """
 
 from __future__ import annotations
