@@ -20,7 +20,7 @@ def tiny(kind: str, kv_heads: int = 2, seed: int = 0, **extra):
     if kind == "gpt2":
         common = dict(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128, eos_token_id=0, bos_token_id=0)
     if kind == "mistral":
-        common["sliding_window"] = None
+        common["sliding_window"] = extra.pop("sliding_window", None)
     torch.manual_seed(seed)
     cfg = getattr(transformers, cls + "Config")(**common, **extra)
     return getattr(transformers, "GPT2LMHeadModel" if kind == "gpt2" else cls + "ForCausalLM")(cfg).eval()
@@ -101,9 +101,19 @@ def test_static_kv_applies_lora_adapters():
 def test_other_models_go_through_transformers():
     assert "model type 'gpt2'" in static_kv_supported(tiny("gpt2"))
     sliding = tiny("qwen2", use_sliding_window=True, sliding_window=4)
-    assert "sliding" in static_kv_supported(sliding)
+    assert "sliding" in static_kv_supported(sliding, 16)
     for model in (tiny("gpt2"), sliding):
         assert isinstance(make_decoder(model, [3, 4, 5], 16, "cpu"), HFCache)
+    # within its window a sliding-window model attends to everything: StaticKV runs it, to the same logits
+    wide = tiny("mistral", sliding_window=24)
+    assert static_kv_supported(wide, 24) is None and static_kv_supported(wide, 25)
+    ids, attn, pos = left_padded(prompts())
+    with torch.no_grad():
+        decoder = make_decoder(wide, [3, 4, 5], ids.shape[1] + 8, "cpu")
+        assert isinstance(decoder, StaticKV)
+        a = run(decoder, ids, attn, pos, 2, {})
+        b = run(HFCache(wide, ids.shape[1] + 8), ids, attn, pos, 2, {})
+    torch.testing.assert_close(a[-1][1], b[-1][1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="StaticKV cannot run"):
         make_decoder(tiny("gpt2"), [3, 4, 5], 16, "cpu", kind="static")
 
@@ -151,3 +161,17 @@ def test_both_decoders_sample_the_same_completions_with_the_trainers_logprobs(en
     for i, gen in enumerate(a.logprobs):
         torch.testing.assert_close(lp[i, : len(gen)], torch.tensor(gen), atol=1e-4, rtol=0)
         torch.testing.assert_close(torch.tensor(gen), torch.tensor(b.logprobs[i]), atol=1e-5, rtol=0)
+
+
+def test_static_kv_in_bfloat16_passes_its_first_use_check_and_stays_close():
+    """bf16 (as on a GPU; the CPU runs it too): the cache takes the model's dtype, attention
+    weights are computed in float32, and the logits stay within bf16's rounding of transformers'."""
+    model = tiny("qwen2").to(torch.bfloat16)
+    ids, attn, pos = left_padded(prompts())
+    with torch.no_grad():
+        ours = run(StaticKV(model, ids.shape[1] + 8), ids, attn, pos, 2, {2: {0, 3}})
+        ref = run(HFCache(model, ids.shape[1] + 8), ids, attn, pos, 2, {2: {0, 3}})
+    assert ours[0].dtype == torch.bfloat16
+    for a, b in [(ours[0], ref[0])] + [(x[1], y[1]) for x, y in zip(ours[1:], ref[1:])]:
+        assert (a.float() - b.float()).abs().max() <= 0.05 * b.float().abs().max().clamp(min=1)
+    assert isinstance(make_decoder(model, [3, 4, 5, 6], 16, "cpu"), StaticKV)

@@ -63,8 +63,8 @@ def _inner(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def static_kv_supported(model) -> str | None:
-    """None if StaticKV can run `model`, else why not."""
+def static_kv_supported(model, max_len: int | None = None) -> str | None:
+    """None if StaticKV can run `model` over `max_len` positions (None: any), else why not."""
     inner = _inner(model)
     cfg = getattr(inner, "config", None)
     kind = getattr(cfg, "model_type", None)
@@ -72,8 +72,10 @@ def static_kv_supported(model) -> str | None:
         return f"model type {kind!r} (StaticKV knows {', '.join(sorted(LLAMA_FAMILY))})"
     if any(type(p).__name__ == "DTensor" for p in inner.parameters()):
         return "sharded parameters (FSDP)"
-    if getattr(cfg, "use_sliding_window", False) or (kind == "mistral" and getattr(cfg, "sliding_window", None)):
-        return "a sliding attention window"
+    window = getattr(cfg, "sliding_window", None) if kind == "mistral" or getattr(cfg, "use_sliding_window", False) \
+        else None
+    if window and (max_len is None or max_len > window):  # within the window, attention is full
+        return f"a sliding attention window of {window} positions, shorter than {max_len or 'the sequence'}"
     if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
         return "layers other than full attention"
     rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
@@ -258,6 +260,7 @@ class StaticKV:
 
 
 _VERIFIED = weakref.WeakKeyDictionary()  # model → whether StaticKV agreed with transformers' forward on it
+_LOGGED = weakref.WeakKeyDictionary()  # model → the reason last logged for not using StaticKV
 
 
 def _agrees(model, ids, tol: float = 1e-3) -> bool:
@@ -281,21 +284,20 @@ def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "aut
     otherwise; "static" or "transformers" choose (StaticKV still refuses what it cannot run)."""
     if kind == "transformers":
         return HFCache(model, max_len)
+    why = static_kv_supported(model, max_len)
     if kind == "static":
-        why = static_kv_supported(model)
         if why:
             raise ValueError(f"StaticKV cannot run this model: {why}")
         return StaticKV(model, max_len)
-    key = model
-    if key not in _VERIFIED:
-        why = static_kv_supported(model)
-        if why is None:
-            ok = _agrees(model, torch.tensor([probe[-8:]], dtype=torch.long, device=device))
-            if not ok:
-                why = "its logits differ from transformers' forward"
-        else:
-            ok = False
-        _VERIFIED[key] = ok
-        if why:
+    if why is None and model not in _VERIFIED:
+        _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:]], dtype=torch.long, device=device))
+        if not _VERIFIED[model]:
+            why = "its logits differ from transformers' forward"
+    elif why is None and not _VERIFIED[model]:
+        why = "its logits differed from transformers' forward"
+    if why:
+        if _LOGGED.get(model) != why:
             log.info("sampling through transformers' forward and cache: %s", why)
-    return StaticKV(model, max_len) if _VERIFIED[key] else HFCache(model, max_len)
+            _LOGGED[model] = why
+        return HFCache(model, max_len)
+    return StaticKV(model, max_len)
