@@ -12,7 +12,7 @@ import torch
 
 from thinkrl.config import load_config
 from thinkrl.objective import Normaliser, grpo_loss
-from thinkrl.policy import (SequenceBatch, checkpointing_active, completion_logprobs, enable_gradient_checkpointing,
+from thinkrl.policy import (SequenceBatch, checkpointing_active, completion_logprobs, length_buckets, enable_gradient_checkpointing,
                             load_model, load_tokenizer)
 from thinkrl.rollout import SamplingParams, make_engine
 from thinkrl.task.arithmetic import completion, make_problem
@@ -129,7 +129,8 @@ def test_grpo_loss_gradient_equals_the_shared_prompt_forward():
     emb = "model.embed_tokens.weight"
     assert prompt_only and all(float(g_b[emb][t].abs().max()) > 0 for t in prompt_only)
     # checkpointing really ran: the completions' layers were replayed in the backward, and less was kept for it
-    assert (w_a.mlp_calls, w_b.mlp_calls) == (2, 3)  # prompts, completions (and their replay)
+    k = len(length_buckets(mask.sum(-1).tolist()))  # completions run in groups of similar length
+    assert k > 1 and (w_a.mlp_calls, w_b.mlp_calls) == (1 + k, 1 + 2 * k)  # prompts, completions (and their replay)
     assert w_b.saved_bytes < 0.5 * w_a.saved_bytes, (w_a.saved_bytes, w_b.saved_bytes)
 
 
@@ -140,7 +141,8 @@ def test_without_gradient_the_checkpointed_model_keeps_sharing_prompts():
     with torch.no_grad(), Watch(ckpt) as w:
         shared = completion_logprobs(ckpt, batch)
         plain = completion_logprobs(ckpt, batch, share_prompts=False)
-    assert w.mlp_calls == 3  # prompts, then completions over their cache, then the plain forward
+    k = len(length_buckets(batch.completion_mask.sum(-1).tolist()))
+    assert w.mlp_calls == 1 + k + 1  # prompts, then completions over their cache (by length), then the plain forward
     mask = batch.completion_mask
     torch.testing.assert_close(shared[mask], plain[mask], rtol=1e-5, atol=1e-5)
 
@@ -266,10 +268,14 @@ def test_the_engine_samples_the_same_with_checkpointing_on():
     for m in (model, ckpt):
         engine = make_engine("hf", m, tok, CPU)
         engine.generate(prompts, SamplingParams(max_new_tokens=1))  # the decoder's first-use check, unwatched
-        with Watch(m) as w:
+        calls = []  # forwards through the whole model: the LM head runs once in each
+        hook = m.lm_head.register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
             ro = engine.generate(prompts, params, generator=torch.Generator().manual_seed(9))
+        finally:
+            hook.remove()
         assert m.training  # given back in training mode
-        out.append((ro, w.mlp_calls))
+        out.append((ro, len(calls)))
     (a, calls_a), (b, calls_b) = out
     assert a.completion_ids == b.completion_ids and a.logprobs == b.logprobs and a.texts == b.texts
     assert calls_a == calls_b == max(len(c) for c in a.completion_ids)  # one forward per token: the KV cache is used

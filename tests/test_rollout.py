@@ -103,10 +103,28 @@ def test_top_k_and_top_p_restrict_the_support():
     assert torch.allclose(lp, logits[0].log_softmax(-1)[tok])
 
 
+def test_length_buckets_cover_every_row_once_and_split_only_when_padding_drops():
+    from thinkrl.policy import length_buckets
+
+    assert length_buckets([5] * 8) == [list(range(8))]  # equal lengths: one forward
+    lengths = [3, 30, 4, 28, 5, 29, 3, 31, 30, 2, 4, 27]
+    parts = length_buckets(lengths)
+    assert sorted(i for p in parts for i in p) == list(range(12)) and len(parts) > 1
+    assert all(lengths[a[-1]] <= lengths[b[0]] for a, b in zip(parts, parts[1:]))  # shortest first
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in parts)
+    assert padded < 0.9 * 12 * 31
+    assert length_buckets([]) == [[]] and length_buckets([7]) == [[0]]
+
+
 def test_shared_prompt_forward_equals_plain_forward_in_value_and_gradient(engine):
+    from thinkrl.policy import length_buckets
+
     p = prompts(engine)
     out = engine.generate(p, SamplingParams(n=3, max_new_tokens=9), generator=torch.Generator().manual_seed(4))
-    batch = SequenceBatch.build(out.prompt_ids, out.completion_ids, engine.pad_id, "cpu", out.group_ids)
+    # completions of very different lengths, so that they run in more than one group by length
+    comp = [c[: 1 + (i * 5) % 9] for i, c in enumerate(out.completion_ids)]
+    assert len(length_buckets([len(c) for c in comp])) > 1
+    batch = SequenceBatch.build(out.prompt_ids, comp, engine.pad_id, "cpu", out.group_ids)
     model = engine.model
     grads = []
     for share in (False, True):

@@ -216,7 +216,8 @@ def test_a_read_only_out_is_one_line_not_a_traceback(mount):
 def test_a_final_model_save_that_fails_leaves_the_previous_one_whole(tmp_path, qwen2_dir, monkeypatch):
     """The final save of SFT, the reward model and on-policy distillation (policy.save_pretrained)
     is atomic: a save that dies half-way leaves the previous model as it was, and no debris."""
-    from thinkrl.policy import load_model, load_tokenizer, save_pretrained
+    from thinkrl.checkpoint import save_pretrained
+    from thinkrl.policy import load_model, load_tokenizer
 
     model, tok = load_model(str(qwen2_dir), "cpu"), load_tokenizer(str(qwen2_dir))
     final = tmp_path / "final"

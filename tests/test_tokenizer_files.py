@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from thinkrl import policy
-from thinkrl.checkpoint import save_checkpoint
+from thinkrl.checkpoint import save_checkpoint, save_pretrained
 
 CORPUS = ["What is 347+85? Let's add: 7+5=12, carry 1.", "café naïve résumé Ångström",
           "e\u0301te\u0301 cafe\u0301", "def f(x):\n\treturn x  # note\r\n", "(hello) [world] {foo}",
@@ -103,7 +103,7 @@ def test_checkpoint_and_final_save_keep_the_tokenizer(user_dir, tmp_path):
     model = Qwen2ForCausalLM(Qwen2Config.from_pretrained(user_dir))
     ckpt = save_checkpoint(tmp_path / "checkpoints", 3, model, tok, {"step": 3})
     final = tmp_path / "final"
-    policy.save_pretrained(model, tok, final)
+    save_pretrained(model, tok, final)
     want_ids, file = _reference_ids(user_dir), _file(user_dir)
     for d in (ckpt, final):
         assert {k: _file(d)[k] for k in PIPELINE} == {k: file[k] for k in PIPELINE}, d.name

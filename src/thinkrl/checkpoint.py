@@ -252,3 +252,21 @@ def _load_adapter(model, ckpt: Path, state: dict) -> None:
 
 def _comparable(value):
     return sorted(value) if isinstance(value, (list, set, tuple)) else value
+
+def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None,
+                    model_state: dict | None = None) -> None:
+    """A model's final save in Hugging Face format (plus `extra` text files), atomically: written
+    under a temporary name, then renamed over `directory`, so a crash leaves the old one whole or
+    the new one whole, never half of either. `model_state`: see `checkpoint.write_model`."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_model(model, tokenizer, tmp, model_state)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)

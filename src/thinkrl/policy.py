@@ -8,16 +8,16 @@ to C columns, so the logits at columns P-1 .. P+C-2 predict completion tokens 0 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .adapters import adapter_base, merged_adapter
-from .checkpoint import write_model
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -319,27 +319,48 @@ def completion_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, s
     update). A model that keeps no cache then (older transformers) runs the plain forward.
     """
     C = batch.completion_ids.shape[1]
-    logits = None
     if share_prompts and batch.group_ids is not None:
         groups, inverse = torch.unique(batch.group_ids, return_inverse=True)  # numbered 0..k-1 in this batch
         if len(groups) < len(batch):
-            logits = _shared_prompt_logits(model, batch, inverse, len(groups))
-    if logits is None:
-        pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
-                    use_cache=False, logits_to_keep=C + 1)
-        logits = out.logits[:, :-1]
+            lp = _shared_prompt_logprobs(model, batch, inverse, len(groups), temperature)
+            if lp is not None:
+                return lp
+    pos = (batch.attention_mask.cumsum(-1) - 1).clamp_(min=0)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=pos,
+                use_cache=False, logits_to_keep=C + 1)
+    return _token_logprobs(out.logits[:, :-1], batch.completion_ids, temperature)
+
+
+def _token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log-softmax(logits / T) at `ids`: [N, C, V], [N, C] → [N, C]."""
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    token_logits = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-    return token_logits - torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int) -> torch.Tensor | None:
-    """Logits predicting each completion token, [N, C, V], with each distinct prompt run once;
-    None when the model kept or read no cache (the caller runs the plain forward)."""
-    P = batch.prompt_len
+def length_buckets(lengths: list[int], most: int = 3) -> list[list[int]]:
+    """Rows in groups of similar completion length, shortest first, so that each group is padded
+    only to its own longest: 1 to `most` groups of equal count, as many as cut the padded
+    tokens by more than 10% each (a forward pass more costs about that on small models)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best, best_cost = [order], len(order) * max(lengths, default=0)
+    for k in range(2, min(most, len(order)) + 1):
+        cuts = [round(j * len(order) / k) for j in range(k + 1)]
+        parts = [order[a:b] for a, b in zip(cuts, cuts[1:])]
+        cost = sum(len(p) * lengths[p[-1]] for p in parts)
+        if cost < 0.9 * best_cost:
+            best, best_cost = parts, cost
+    return best
+
+
+def _shared_prompt_logprobs(model, batch: SequenceBatch, inverse: torch.Tensor, n_unique: int,
+                            temperature: float) -> torch.Tensor | None:
+    """`completion_logprobs` [N, C] with each distinct prompt run once, its keys and values
+    (gradient included) serving every completion of it; the completions run in groups of
+    similar length (`length_buckets`), each padded only to its own longest. None when the model
+    kept or read no cache (the caller runs the plain forward)."""
+    P, C = batch.prompt_len, batch.completion_ids.shape[1]
     first = torch.full((n_unique,), len(batch), dtype=torch.long, device=inverse.device)
     first = first.scatter_reduce(0, inverse, torch.arange(len(batch), device=inverse.device), reduce="amin")
     ids, attn = batch.input_ids[first, :P], batch.attention_mask[first, :P]
@@ -347,31 +368,24 @@ def _shared_prompt_logits(model, batch: SequenceBatch, inverse: torch.Tensor, n_
                              position_ids=(attn.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1)
     if cache is None:
         return None
-    cache.batch_select_indices(inverse)  # row i of the batch attends to its prompt's keys/values
     n_prompt = batch.attention_mask[:, :P].sum(-1, keepdim=True)
-    C = batch.completion_ids.shape[1]
-    pos = n_prompt + torch.arange(C, device=n_prompt.device)
-    rest = read_cache(model, cache, input_ids=batch.completion_ids, attention_mask=batch.attention_mask,
-                      position_ids=pos)
-    if rest is None:
-        return None
-    return torch.cat([out.logits[:, -1:][inverse], rest.logits[:, :-1]], dim=1)
-
-
-def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None,
-                    model_state: dict | None = None) -> None:
-    """A model's final save in Hugging Face format (plus `extra` text files), atomically: written
-    under a temporary name, then renamed over `directory`, so a crash leaves the old one whole or
-    the new one whole, never half of either. `model_state`: see `checkpoint.write_model`."""
-    directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write_model(model, tokenizer, tmp, model_state)
-        for name, text in (extra or {}).items():
-            (tmp / name).write_text(text)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    lengths = batch.completion_mask.sum(-1).tolist()
+    parts, rows = [], []
+    for bucket in length_buckets(lengths):
+        idx = torch.tensor(bucket, device=inverse.device)
+        Cb = max(1, max(lengths[i] for i in bucket))
+        view = copy.copy(cache)  # its own cache object (a checkpointed layer's replay reads it again)
+        view.layers = [copy.copy(layer) for layer in cache.layers]
+        for layer in view.layers:  # row i of the bucket attends to its prompt's keys/values
+            layer.keys, layer.values = layer.keys[inverse[idx]], layer.values[inverse[idx]]
+        rest = read_cache(model, view, input_ids=batch.completion_ids[idx, :Cb],
+                          attention_mask=batch.attention_mask[idx, :P + Cb],
+                          position_ids=n_prompt[idx] + torch.arange(Cb, device=n_prompt.device))
+        if rest is None:
+            return None
+        logits = torch.cat([out.logits[:, -1:][inverse[idx]], rest.logits[:, :-1]], dim=1)
+        parts.append(F.pad(_token_logprobs(logits, batch.completion_ids[idx, :Cb], temperature), (0, C - Cb)))
+        rows.extend(bucket)
+    back = torch.empty(len(rows), dtype=torch.long)
+    back[torch.tensor(rows)] = torch.arange(len(rows))
+    return torch.cat(parts)[back.to(inverse.device)]

@@ -263,6 +263,7 @@ _VERIFIED = weakref.WeakKeyDictionary()  # model → whether StaticKV agreed wit
 _LOGGED = weakref.WeakKeyDictionary()  # model → the reason last logged for not using StaticKV
 
 
+@torch.no_grad()
 def _agrees(model, ids, tol: float = 1e-3) -> bool:
     """StaticKV's logits against transformers' on a prompt [1, P] and two new tokens."""
     attn, pos = torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None]

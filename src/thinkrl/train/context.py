@@ -27,7 +27,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed, sharding
 from ..metrics import MetricsWriter
-from ..policy import save_pretrained
+from ..checkpoint import save_pretrained
 from ..progress import LIVE, Progress
 from ..rundir import write_text_atomic
 from .loop import BadSteps, StopRequest, set_threads
