@@ -92,10 +92,8 @@ class HFEngine:
         return pending.result
 
     def _stop_candidates(self, stops: list[str]) -> torch.Tensor:
-        """Tokens that can complete a stop string: some stretch of the token's text that starts
-        where the token starts, or inside it, ends a stop string (the whole string, or the end of
-        it when the stretch starts at the token's start). Only after one of these is the tail
-        decoded. Computed once per list of stop strings."""
+        """Tokens that can complete one of `stops` (`_completes`), [V] bool, once per list: only
+        after one of these is a row's tail decoded and searched."""
         key = tuple(stops)
         if key not in self._stop_cache:
             texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])

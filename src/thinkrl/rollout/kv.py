@@ -201,7 +201,6 @@ class StaticKV:
         self.cos, self.sin = cos[0], sin[0]
         self.valid = torch.ones(B, self.max_len, dtype=torch.bool, device=ids.device)
         self.valid[:, :P] = attn.bool()
-        mask = None
         self.padded = not bool(self.valid[:, :P].all())
         if self.padded:  # causal, over real tokens; a padding query sees itself
             causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
@@ -291,7 +290,7 @@ def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "aut
             raise ValueError(f"StaticKV cannot run this model: {why}")
         return StaticKV(model, max_len)
     if why is None and model not in _VERIFIED:
-        _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:]], dtype=torch.long, device=device))
+        _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:] or [0]], dtype=torch.long, device=device))
         if not _VERIFIED[model]:
             why = "its logits differ from transformers' forward"
     elif why is None and not _VERIFIED[model]:
