@@ -136,6 +136,11 @@ def test_a_model_static_kv_would_get_wrong_is_caught_on_first_use():
     assert static_kv_supported(model) is None
     assert isinstance(make_decoder(model, [3, 4, 5, 6], 16, "cpu"), HFCache)
     assert isinstance(make_decoder(tiny("qwen2"), [3, 4, 5, 6], 16, "cpu"), StaticKV)
+    # a llama-typed model whose attention has fused projections: StaticKV cannot read it, and says so
+    fused = tiny("llama")
+    for layer in fused.model.layers:
+        del layer.self_attn.q_proj
+    assert isinstance(make_decoder(fused, [3, 4, 5, 6], 16, "cpu"), HFCache)
 
 
 @pytest.fixture(scope="module")

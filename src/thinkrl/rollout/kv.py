@@ -290,9 +290,13 @@ def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "aut
             raise ValueError(f"StaticKV cannot run this model: {why}")
         return StaticKV(model, max_len)
     if why is None and model not in _VERIFIED:
-        _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:] or [0]], dtype=torch.long, device=device))
-        if not _VERIFIED[model]:
-            why = "its logits differ from transformers' forward"
+        try:
+            _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:] or [0]], dtype=torch.long, device=device))
+            if not _VERIFIED[model]:
+                why = "its logits differ from transformers' forward"
+        except (AttributeError, TypeError, RuntimeError, ValueError) as e:  # a layout StaticKV cannot read
+            _VERIFIED[model] = False
+            why = f"StaticKV failed on it ({type(e).__name__}: {e})"
     elif why is None and not _VERIFIED[model]:
         why = "its logits differed from transformers' forward"
     if why:
