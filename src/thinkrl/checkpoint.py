@@ -253,6 +253,7 @@ def _load_adapter(model, ckpt: Path, state: dict) -> None:
 def _comparable(value):
     return sorted(value) if isinstance(value, (list, set, tuple)) else value
 
+
 def save_pretrained(model, tokenizer, directory: Path, extra: dict[str, str] | None = None,
                     model_state: dict | None = None) -> None:
     """A model's final save in Hugging Face format (plus `extra` text files), atomically: written

@@ -386,6 +386,4 @@ def _shared_prompt_logprobs(model, batch: SequenceBatch, inverse: torch.Tensor, 
         logits = torch.cat([out.logits[:, -1:][inverse[idx]], rest.logits[:, :-1]], dim=1)
         parts.append(F.pad(_token_logprobs(logits, batch.completion_ids[idx, :Cb], temperature), (0, C - Cb)))
         rows.extend(bucket)
-    back = torch.empty(len(rows), dtype=torch.long)
-    back[torch.tensor(rows)] = torch.arange(len(rows))
-    return torch.cat(parts)[back.to(inverse.device)]
+    return torch.cat(parts)[torch.tensor(rows, device=inverse.device).argsort()]  # back to the batch's order

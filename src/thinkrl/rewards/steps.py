@@ -10,8 +10,9 @@ A step is a piece of a completion ending at a character offset:
 `end` is exclusive: step j is `completion[end_{j-1}:end_j]`, the first starting at 0. Ends are
 strictly increasing, each in 1..len(completion); characters after the last end belong to no
 scored step (in the advantage, the trainer credits their tokens with the last step's: see
-`objective.process_advantages`). `score` None means "this step is not scored", and it counts as no step. `reason` says
-why a score is not full marks (or why None); "" when nothing is to be said.
+`objective.process_advantages`). `score` None means "this step is not scored", and it counts
+as no step. `reason` says why a score is not full marks (or why None); "" when nothing is to
+be said.
 
 A step reward is a callable, marked with the `@step_reward` decorator (attribute
 `kind = "step"`; `is_step_reward(fn)` tells):

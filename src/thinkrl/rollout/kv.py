@@ -1,13 +1,14 @@
 """The decoder behind the sampling loop: a forward pass that keeps a KV cache.
 
-`StaticKV` runs a decoder-only transformer of the Llama family (llama, qwen2, qwen3, mistral
-without a sliding window) step by step through the model's own modules (projections, norms,
-MLPs, rotary embedding: LoRA layers of PEFT apply as in training) with a KV cache allocated
-once per call: the prompt is pre-filled once per group and copied to its G rows, each new
-token's keys and values are written in place, and a finished row is dropped by moving the
-live rows to the front of the same buffers. transformers' own forward with its growing cache
-(`HFCache`) serves every other model, and serves as the reference: the first time a model is
-seen, both run on one prompt and StaticKV is used only if its logits agree.
+`StaticKV` runs a decoder-only transformer of the Llama family (llama, qwen2, qwen3, mistral;
+a sliding window only where the whole sequence fits in it) step by step over the model's own
+weights and modules (a LoRA layer of PEFT is called as the module it is, so its adapter
+applies), with a KV cache allocated once per call: the prompt is pre-filled once per group
+and copied to its G rows, each new token's keys and values are written in place, and rows
+that finished stay (unread) until a quarter have, then the live rows move to the front of the
+same buffers. transformers' own forward with its growing cache (`HFCache`) serves every
+other model, and serves as the reference: the first time a model is seen, both run on one
+prompt and StaticKV is used only if its logits agree.
 """
 
 from __future__ import annotations
@@ -258,9 +259,8 @@ class StaticKV:
         return logits if len(self.live) == N else logits[self.live]
 
 
-_VERIFIED = weakref.WeakKeyDictionary()  # model → whether StaticKV agreed with transformers' forward on it
+_REFUSED = weakref.WeakKeyDictionary()  # model → why StaticKV failed its first-use check ("" if it passed)
 _LOGGED = weakref.WeakKeyDictionary()  # model → the reason last logged for not using StaticKV
-
 
 @torch.no_grad()
 def _agrees(model, ids, tol: float = 1e-3) -> bool:
@@ -278,6 +278,15 @@ def _agrees(model, ids, tol: float = 1e-3) -> bool:
     return max(diffs) <= tol
 
 
+def _first_use_check(model, ids) -> str:
+    """Why StaticKV must not run `model` ("" if it may): its logits differ from transformers',
+    or it cannot read the model's layout."""
+    try:
+        return "" if _agrees(model, ids) else "its logits differ from transformers' forward"
+    except (AttributeError, TypeError, RuntimeError, ValueError) as e:  # a layout StaticKV cannot read
+        return f"StaticKV failed on it ({type(e).__name__}: {e})"
+
+
 def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "auto"):
     """kind "auto": StaticKV when it supports `model` and agreed with transformers' forward on
     it the first time it was seen (checked on the last 8 tokens of `probe`, a prompt), HFCache
@@ -289,16 +298,11 @@ def make_decoder(model, probe: list[int], max_len: int, device, kind: str = "aut
         if why:
             raise ValueError(f"StaticKV cannot run this model: {why}")
         return StaticKV(model, max_len)
-    if why is None and model not in _VERIFIED:
-        try:
-            _VERIFIED[model] = _agrees(model, torch.tensor([probe[-8:] or [0]], dtype=torch.long, device=device))
-            if not _VERIFIED[model]:
-                why = "its logits differ from transformers' forward"
-        except (AttributeError, TypeError, RuntimeError, ValueError) as e:  # a layout StaticKV cannot read
-            _VERIFIED[model] = False
-            why = f"StaticKV failed on it ({type(e).__name__}: {e})"
-    elif why is None and not _VERIFIED[model]:
-        why = "its logits differed from transformers' forward"
+    if why is None:
+        if model not in _REFUSED:
+            probe_ids = torch.tensor([probe[-8:] or [0]], dtype=torch.long, device=device)
+            _REFUSED[model] = _first_use_check(model, probe_ids)
+        why = _REFUSED[model]
     if why:
         if _LOGGED.get(model) != why:
             log.info("sampling through transformers' forward and cache: %s", why)
