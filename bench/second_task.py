@@ -114,28 +114,11 @@ def completion(a: int, b: int, kind: str, rng: random.Random) -> str:
 
 
 def make_splits(seed: int, n_train: int, n_test: int, n_corpus: int):
-    """(corpus, train, test) problems, balanced over levels; test questions in neither other."""
-    rng = random.Random(seed)
-    levels = sorted(LEVELS)
-    test, seen = [], set()
-    while len(test) < n_test:
-        p = make_problem(rng, levels[len(test) % len(levels)])
-        if p["question"] not in seen:
-            seen.add(p["question"])
-            test.append(p)
-    held_out = set(seen)
-    train = []
-    while len(train) < n_train:
-        p = make_problem(rng, levels[len(train) % len(levels)])
-        if p["question"] not in seen:
-            seen.add(p["question"])
-            train.append(p)
-    corpus = []
-    while len(corpus) < n_corpus:
-        p = make_problem(rng, levels[len(corpus) % len(levels)])
-        if p["question"] not in held_out:
-            corpus.append(p)
-    return corpus, train, test
+    """(corpus, train, test) problems, balanced over levels; test questions in neither other:
+    the embedded task's split (`thinkrl.task.arithmetic.make_splits`) over this task's problems."""
+    from thinkrl.task.arithmetic import make_splits as split
+
+    return split(seed, n_train, n_test, n_corpus, make=make_problem, levels=sorted(LEVELS))
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):

@@ -115,27 +115,29 @@ def sample_kind(rng: random.Random) -> str:
     return rng.choices(list(TRACE_MIX), weights=list(TRACE_MIX.values()))[0]
 
 
-def make_splits(seed: int = 0, n_train: int = 6000, n_test: int = 300, n_corpus: int = 40000):
+def make_splits(seed: int = 0, n_train: int = 6000, n_test: int = 300, n_corpus: int = 40000,
+                make=make_problem, levels=LEVELS):
     """(pre-training corpus problems, RL train problems, held-out test problems), balanced
     across levels and deterministic in the seed. The test problems appear in neither of the
     others; train problems are unique; the corpus may repeat a problem (level 1 has only a
     few thousand) and may share problems with the RL train set, as a base model's
-    pre-training data would."""
+    pre-training data would. `make(rng, level)` and `levels`: another task's problems (by
+    default this one's, `make_problem` over `LEVELS`)."""
     rng = random.Random(seed)
     test, train, test_q, train_q = [], [], set(), set()
     while len(test) < n_test:
-        p = make_problem(rng, LEVELS[len(test) % len(LEVELS)])
+        p = make(rng, levels[len(test) % len(levels)])
         if p["question"] not in test_q:
             test_q.add(p["question"])
             test.append(p)
     while len(train) < n_train:
-        p = make_problem(rng, LEVELS[len(train) % len(LEVELS)])
+        p = make(rng, levels[len(train) % len(levels)])
         if p["question"] not in test_q and p["question"] not in train_q:
             train_q.add(p["question"])
             train.append(p)
     corpus = []
     while len(corpus) < n_corpus:
-        p = make_problem(rng, LEVELS[len(corpus) % len(LEVELS)])
+        p = make(rng, levels[len(corpus) % len(levels)])
         if p["question"] not in test_q:
             corpus.append(p)
     return corpus, train, test
