@@ -167,9 +167,29 @@ def summary(rows: list[dict], warmup: int, begin: float, loop_end: float, end: f
     }
 
 
-def worker_thinkrl(args, task: Task) -> dict:
+def run_measured(run) -> dict:
+    """run(), timed, with the RSS before it and the peak after it: what both sides report."""
+    rss_before, t_start = rss_now_mb(), time.perf_counter()
+    run()
+    t_end = time.perf_counter()
+    return {"t_end": t_end, "run_seconds_all_steps": t_end - t_start, "main_peak_rss_mb": peak_rss_mb(),
+            "rss_before_train_mb": rss_before}
+
+
+def trained_result(model, tokenizer, model_out: str, rows: list[dict], warmup: int, begin: float, loop_end: float,
+                   run: dict, **extra) -> dict:
+    """Save the trained model for the held-out judge; the side's summary with its run's numbers."""
     import torch
 
+    model.save_pretrained(model_out, safe_serialization=True)
+    tokenizer.save_pretrained(model_out)
+    out = summary(rows, warmup, begin, loop_end, run["t_end"])
+    out.update({k: v for k, v in run.items() if k != "t_end"}, weights_sha256_16=weights_digest(model),
+               threads=torch.get_num_threads(), **extra)
+    return out
+
+
+def worker_thinkrl(args, task: Task) -> dict:
     from thinkrl.train.grpo import GRPOTrainer
 
     total = args.steps + args.warmup
@@ -207,21 +227,12 @@ def worker_thinkrl(args, task: Task) -> dict:
             return ckpt(*a, **k)
 
         trainer.train_step, trainer.checkpoint = timed_step, marked_checkpoint
-        rss_before = rss_now_mb()
-        t_start = time.perf_counter()
-        trainer.run()
-        t_end = time.perf_counter()
-        peak = peak_rss_mb()
+        run = run_measured(trainer.run)
         assert len(rows) == total, (len(rows), total)
-        loop_end = ckpt_at[-1] if ckpt_at and ckpt_at[-1] > marks[-1] else t_end
-        trainer.policy.save_pretrained(args.model_out, safe_serialization=True)
-        trainer.tokenizer.save_pretrained(args.model_out)
-        digest = weights_digest(trainer.policy)
-    out = summary(rows, args.warmup, marks[args.warmup], loop_end, t_end)
-    out.update({"run_seconds_all_steps": t_end - t_start, "main_peak_rss_mb": peak, "rss_before_train_mb": rss_before, "weights_sha256_16": digest,
-                "update_measured_as": "timing/update + timing/logprobs (forward/backward + optimiser step)",
-                "threads": torch.get_num_threads(), **counts, "per_step": rows})
-    return out
+        loop_end = ckpt_at[-1] if ckpt_at and ckpt_at[-1] > marks[-1] else run["t_end"]
+        return trained_result(trainer.policy, trainer.tokenizer, args.model_out, rows, args.warmup, marks[args.warmup],
+                              loop_end, run, **counts, per_step=rows,
+                              update_measured_as="timing/update + timing/logprobs (forward/backward + optimiser step)")
 
 
 def worker_trl(args, task: Task) -> dict:
@@ -316,22 +327,13 @@ def worker_trl(args, task: Task) -> dict:
         return out
 
     trainer._generate, trainer._calculate_rewards = timed_generate, timed_rewards
-    rss_before = rss_now_mb()
-    t_start = time.perf_counter()
-    trainer.train()
-    t_end = time.perf_counter()
-    peak = peak_rss_mb()
+    run = run_measured(trainer.train)
     assert len(steps) == total, (len(steps), total)
     final = trainer.accelerator.unwrap_model(trainer.model)
     final.generation_config.eos_token_id = eos_before  # judged by thinkrl's engine with its own stop string
-    final.save_pretrained(args.model_out, safe_serialization=True)
-    tokenizer.save_pretrained(args.model_out)
-    out = summary(steps, args.warmup, marks[args.warmup], loop_end[-1], t_end)
-    out.update({"run_seconds_all_steps": t_end - t_start, "main_peak_rss_mb": peak, "rss_before_train_mb": rss_before, "weights_sha256_16": weights_digest(final),
-                "update_measured_as": "step time - generation time - reward time (forward/backward, optimiser step, "
-                                      "tensor building)",
-                "threads": torch.get_num_threads(), "trl_version": trl.__version__, "per_step": steps})
-    return out
+    return trained_result(final, tokenizer, args.model_out, steps, args.warmup, marks[args.warmup], loop_end[-1], run,
+                          update_measured_as="step time - generation time - reward time (forward/backward, optimiser "
+                                             "step, tensor building)", trl_version=trl.__version__, per_step=steps)
 
 
 def worker_eval(args, task: Task) -> dict:
