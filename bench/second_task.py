@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from thinkrl.task.arithmetic import make_splits as split_problems, write_jsonl
+
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache" / "second_task"
 TEMPLATE = "Q: what is {prompt}?\nA:"
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -116,9 +118,7 @@ def completion(a: int, b: int, kind: str, rng: random.Random) -> str:
 def make_splits(seed: int, n_train: int, n_test: int, n_corpus: int):
     """(corpus, train, test) problems, balanced over levels; test questions in neither other:
     the embedded task's split (`thinkrl.task.arithmetic.make_splits`) over this task's problems."""
-    from thinkrl.task.arithmetic import make_splits as split
-
-    return split(seed, n_train, n_test, n_corpus, make=make_problem, levels=sorted(LEVELS))
+    return split_problems(seed, n_train, n_test, n_corpus, make=make_problem, levels=sorted(LEVELS))
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -214,12 +214,6 @@ def measure(model, tok, rows: list[dict], temperature: float, seed: int) -> dict
             "max_completion_tokens": max(n_tok)}
 
 
-def _write_jsonl(rows, path: Path) -> None:
-    with path.open("w") as f:
-        for r in rows:
-            f.write(json.dumps({"question": r["question"], "answer": r["answer"], "level": r["level"]}) + "\n")
-
-
 def build(out: Path, seed: int, threads: int) -> dict:
     t0 = time.time()
     s = SETTINGS
@@ -240,8 +234,8 @@ def build(out: Path, seed: int, threads: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    _write_jsonl(train, out / "train.jsonl")
-    _write_jsonl(test, out / "test.jsonl")
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(test, out / "test.jsonl")
     lens = [len(tok(TEMPLATE.replace("{prompt}", r["question"]), add_special_tokens=False)["input_ids"]) for r in test]
     info = {"settings": s, "seed": seed, "threads": threads, "parameters": sum(p.numel() for p in model.parameters()),
             "vocab_size": len(tok), "prompt_tokens_min_max": [min(lens), max(lens)],
