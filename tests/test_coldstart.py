@@ -152,15 +152,17 @@ def test_select_report_on_a_constructed_set():
                _s(0, 4, " <think>5+7=12 4+0+1=5</think> <answer>5", finish="length"),  # truncated
                _s(0, 5, " <think>5+7=12 4+0+1=5 wait</think> <answer>52</answer>"),
                _s(0, 6, " <think>5+7=12 wait carry 4+0+1=5</think> <answer>52</answer>"),  # over the cap of 2
-               _s(1, 0, " <think>" + "9+0=9 " * 80 + "</think> <answer>219</answer>"),  # too long for 512 tokens
-               _s(1, 1, " <think>9+0=9 7+4=11 1+0+1=2</think> <answer>219</answer>")]
+               _s(1, 0, " <think>" + "9+0=9 1+1=2 " * 40 + "</think> <answer>219</answer>"),  # too long for 512 tokens
+               _s(1, 1, " <think>9+0=9 7+4=11 1+0+1=2</think> <answer>219</answer>"),
+               _s(1, 2, " <think>9+0=9 .. 7+4=11 1+0+1=2</think> <answer>219</answer>"),  # a stray token
+               _s(1, 3, " <think>9+0=9 7+4=11 7+4=11 1+0+1=2</think> <answer>219</answer>")]  # a step twice
     from thinkrl.policy import load_tokenizer
 
     cfg = ColdStartConfig()
     kept, dropped = select(samples, rows, cfg, load_tokenizer("embedded"), context=512)
     assert [(r["source"]["prompt_id"], r["source"]["sample_index"]) for r in kept] == [(0, 0), (0, 5), (1, 1)]
     assert dropped == {"duplicate": 1, "wrong_answer": 1, "bad_format": 1, "truncated": 1, "over_cap": 1,
-                       "too_long": 1}
+                       "too_long": 1, "unclean_steps": 2}
     assert kept[0] == {"prompt": "What is 45+7?", "answer": "52", "level": 1, "type": "reasoning",
                        "response": " <think>5+7=12 4+0+1=5</think> So the answer is 52. <answer>52</answer>",
                        "source": {"model": "hand", "prompt_id": 0, "sample_index": 0, "mode": "refine"}}
@@ -219,7 +221,7 @@ def test_run_coldstart_refine_on_the_embedded_model(tmp_path):
     assert report["sampled"] == 96 and report["kept"] == len(rows) > 0
     assert report["kept"] + sum(report["dropped"].values()) == 96
     assert set(report["dropped"]) <= {"wrong_answer", "bad_format", "truncated", "duplicate", "over_cap", "too_long",
-                                      "no_reasoning", "no_reference", "prompt_too_long"}
+                                      "no_reasoning", "no_reference", "prompt_too_long", "unclean_steps"}
     assert report["dropped"]["wrong_answer"] > 0  # the base model is right about a third of the time
     hist = {int(k): v for k, v in report["per_prompt_kept"].items()}
     assert sum(hist.values()) == 24 and sum(k * v for k, v in hist.items()) == len(rows) and max(hist) <= 2

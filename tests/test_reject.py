@@ -120,7 +120,7 @@ def _ids(kept):
 def test_rejection_sampling_keeps_exactly_the_correct_samples():
     samples = [s for s, _ in CONSTRUCTED]
     truth = {(s["prompt_id"], s["sample_index"]) for s, ok in CONSTRUCTED if ok}
-    kept, dropped = select(samples, ROWS, _loose_cfg(require_format="none"))
+    kept, dropped = select(samples, ROWS, _loose_cfg(require_format="none", clean_steps=False))
     assert _ids(kept) == truth
     assert dropped == {"wrong": len(CONSTRUCTED) - len(truth)}
     # with the default format check the same correct samples survive (each is well formed);
@@ -145,19 +145,21 @@ def test_unparseable_reference_is_unjudgeable_not_wrong_nor_kept():
     assert kept == [] and dropped == {"unjudgeable": 1}
 
 
-def test_filters_drop_correct_samples_with_mixed_language_long_paragraphs_or_broken_code():
+def test_filters_drop_correct_samples_with_mixed_language_long_paragraphs_broken_code_or_unclean_steps():
     ok = " <think>Add the units first, then carry the one.</think> <answer>52</answer>"
     samples = [_s(2, 0, ok),
                _s(2, 1, " <think>Add 个位 then 进位 the carry</think> <answer>52</answer>"),
                _s(2, 2, " <think>" + "add " * 60 + "</think> <answer>52</answer>"),
                _s(2, 3, " <think>```python\nprint(7+5\n```</think> <answer>52</answer>"),
-               _s(2, 4, " <think>```python\nprint(7+5)\n</think> <answer>52</answer>")]
+               _s(2, 4, " <think>```python\nprint(7+5)\n</think> <answer>52</answer>"),
+               _s(2, 5, " <think>7+5=12 ## 4+0+1=5</think> <answer>52</answer>"),
+               _s(2, 6, " <think>7+5=12 7+5=12 4+0+1=5</think> <answer>52</answer>")]
     kept, dropped = select(samples, ROWS, _loose_cfg(max_paragraph_words=50))
     assert _ids(kept) == {(2, 0)}
-    assert dropped == {"mixed_language": 1, "overlong_paragraph": 1, "broken_code": 2}
+    assert dropped == {"mixed_language": 1, "overlong_paragraph": 1, "broken_code": 2, "unclean_steps": 2}
     # each filter can be turned off
-    cfg = _loose_cfg(min_language_share=0.0, max_paragraph_words=0, code_blocks=False)
-    assert len(select(samples, ROWS, cfg)[0]) == 5
+    cfg = _loose_cfg(min_language_share=0.0, max_paragraph_words=0, code_blocks=False, clean_steps=False)
+    assert len(select(samples, ROWS, cfg)[0]) == 7
     # a row's own language wins over filters.lang
     rows = {2: dict(ROWS[2], lang="zh")}
     assert filters.language_share(samples[1]["completion"], "zh") == 0.5  # 4 Han of 8 words

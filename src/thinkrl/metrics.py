@@ -10,7 +10,10 @@ from pathlib import Path
 from .rundir import write_text_atomic
 
 REFLECTION_WORDS = ("wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check")
-_REFLECTION_RE = re.compile(r"\b(" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+# the same words in Chinese (R1-Zero mixed Chinese into its reasoning), counted as the English word
+REFLECTION_TRANSLATIONS = {"等等": "wait", "错误": "error", "检查": "check", "验证": "verify", "但是": "but"}
+_REFLECTION_RE = re.compile(r"\b(" + "|".join(REFLECTION_WORDS + tuple(REFLECTION_TRANSLATIONS)) + r")\b",
+                            re.IGNORECASE)
 
 
 def has_reflection(text: str) -> bool:
@@ -19,10 +22,12 @@ def has_reflection(text: str) -> bool:
 
 
 def reflection_counts(text: str) -> dict[str, int]:
-    """How many times each reflective word occurs in the text (case-insensitive, whole words)."""
+    """How many times each reflective word occurs in the text (case-insensitive, whole words;
+    a Chinese one of REFLECTION_TRANSLATIONS counts as its English word)."""
     counts = dict.fromkeys(REFLECTION_WORDS, 0)
     for m in _REFLECTION_RE.finditer(text):
-        counts[m.group(1).lower()] += 1
+        word = m.group(1).lower()
+        counts[REFLECTION_TRANSLATIONS.get(word, word)] += 1
     return counts
 
 

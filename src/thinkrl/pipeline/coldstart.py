@@ -17,7 +17,10 @@ post-processing by human annotators", and defined the readable format as
 
 What "readable" means here, concretely (`readable`): the reasoning inside the one
 <think>…</think> block is kept, with whitespace normalised; everything outside the tags is
-dropped; the result is rebuilt as `ReadableConfig.template`, by default
+dropped; a reasoning with a stray token or a step written twice in a row is dropped
+(`unclean_steps`, the readability rule's checks of the reasoning, `rewards.readability`); the
+language of the reasoning is left as it is, which stage 2's language reward is for; the result
+is rebuilt as `ReadableConfig.template`, by default
 
     ` <think>{reasoning}</think> So the answer is {answer}. <answer>{answer}</answer>`
 
@@ -182,12 +185,13 @@ def select(samples: list[dict], rows: dict, cfg: ColdStartConfig, tokenizer=None
     """The cold-start rows kept from `samples` (dicts with prompt_id, sample_index,
     completion, finish_reason) of the prompts `rows` ({prompt_id: row}), and a Counter of
     drop reasons. A sample meets the first that applies: truncated, bad_format, no_reference,
-    wrong_answer, no_reasoning, too_long (needs `tokenizer` and the limit: keep.max_tokens or
+    wrong_answer, no_reasoning, unclean_steps (a stray token or a repeated step in the reasoning,
+    `filters.unclean_steps`), too_long (needs `tokenizer` and the limit: keep.max_tokens or
     `context`), duplicate, over_cap."""
     from ..rewards import get_reward
     from ..rewards.math import extract_answer
     from ..template import render
-    from .filters import distinct_and_capped
+    from .filters import distinct_and_capped, unclean_steps
 
     fmt = get_reward("format" if cfg.mode == "refine" else "format_lenient")
     completions = [s["completion"] for s in samples]
@@ -211,6 +215,8 @@ def select(samples: list[dict], rows: dict, cfg: ColdStartConfig, tokenizer=None
         text = None if reason else readable(s["completion"], extract_answer(s["completion"]), cfg.readable)
         if reason is None and text is None:
             reason = "no_reasoning"
+        elif reason is None and unclean_steps(s["completion"]):
+            reason = "unclean_steps"
         question = row.get("cold_question", row["question"])
         if reason is None and tokenizer is not None and limit:
             n = len(tokenizer(render(question, cfg.keep.template, tokenizer) + text, add_special_tokens=False)["input_ids"])

@@ -11,6 +11,8 @@ Each check returns "" when the text passes, else a short reason; `FILTERS` names
 - `overlong_paragraph`: a paragraph (text between blank lines) longer than N characters or
   N words. Code blocks are paragraphs too: a 300-line function is a wall of text either way.
 - `broken_code`: unbalanced ``` fences, or a ```python / ```py block that `ast` cannot parse.
+- `unclean_steps`: a stray token or a step written twice in a row in the chain of thought
+  (the readability rule's checks of the reasoning, `thinkrl.rewards.readability`).
 - `dedup_key`: the text with Unicode compatibility forms folded (NFKC), case folded and
   whitespace runs collapsed, so answers differing only in spacing count as one.
 - `cap_per_prompt`: at most k items per prompt, first come first kept.
@@ -25,6 +27,7 @@ from collections import Counter
 from typing import Callable, Hashable, Iterable
 
 from ..rewards.language import chain_of_thought, language_consistency_reward
+from ..rewards.readability import reasoning_problem
 
 _FENCE = re.compile(r"```")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
@@ -92,6 +95,11 @@ def broken_code(text: str) -> str:
     return ""
 
 
+def unclean_steps(completion: str) -> str:
+    """"" unless the chain of thought holds a stray token or a step written twice in a row."""
+    return reasoning_problem(chain_of_thought(completion))
+
+
 def dedup_key(text: str) -> str:
     """Normalised text: NFKC, case folded, whitespace collapsed, stripped."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
@@ -122,7 +130,8 @@ def cap_per_prompt(items: Iterable, prompt_of: Callable[..., Hashable], cap: int
     return kept, dropped
 
 
-FILTERS = {"mixed_language": mixed_language, "overlong_paragraph": overlong_paragraph, "broken_code": broken_code}
+FILTERS = {"mixed_language": mixed_language, "overlong_paragraph": overlong_paragraph, "broken_code": broken_code,
+           "unclean_steps": unclean_steps}
 
 
 def distinct_and_capped(items: Iterable, prompt_of: Callable, text_of: Callable, dedup_on: bool, cap: int,
@@ -142,5 +151,5 @@ def distinct_and_capped(items: Iterable, prompt_of: Callable, text_of: Callable,
 
 
 __all__ = ["FILTERS", "broken_code", "cap_per_prompt", "chain_of_thought", "code_blocks", "dedup", "dedup_key",
-           "distinct_and_capped", "language_share", "mixed_language", "overlong_paragraph", "paragraphs"]
+           "distinct_and_capped", "language_share", "mixed_language", "overlong_paragraph", "paragraphs", "unclean_steps"]
 

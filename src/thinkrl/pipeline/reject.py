@@ -16,7 +16,7 @@ The steps, each its own function so that the selection can be tested on hand-mad
 `select` gives every sample one fate, the first that applies, in this order (cheap checks
 first, so the judge only sees samples that could be kept): truncated; bad_format (the
 `filters.require_format` reward, `format_lenient` by default); mixed_language;
-overlong_paragraph; broken_code; then correctness: `no_answer` (nothing after the
+overlong_paragraph; broken_code; unclean_steps; then correctness: `no_answer` (nothing after the
 reasoning, judge mode), `unjudgeable` (the reference cannot be parsed, or a row with tests
 whose sandbox failed), `malformed_verdict` (the judge's output unreadable: never accepted),
 `judge_prompt_too_long` (not asked: never accepted), `wrong`; then duplicate (per prompt, `filters.dedup_key`); then
@@ -75,6 +75,7 @@ class FilterConfig:
     max_paragraph_chars: int = 2000  # 0 = off
     max_paragraph_words: int = 0  # 0 = off
     code_blocks: bool = True  # drop unbalanced fences and python blocks that do not parse
+    clean_steps: bool = True  # drop a reasoning with a stray token or a repeated step (rewards.readability)
 
 
 @dataclass
@@ -154,6 +155,10 @@ def readability_problem(completion: str, row: dict, f: FilterConfig) -> tuple[st
         why = filters.broken_code(completion)
         if why:
             return "broken_code", why
+    if f.clean_steps:
+        why = filters.unclean_steps(completion)
+        if why:
+            return "unclean_steps", why
     return None
 
 

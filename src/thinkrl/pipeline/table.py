@@ -4,9 +4,14 @@ every stage, plus the distilled and the RL-only student), evaluated the same way
 - reasoning, `thinkrl eval` on the embedded task's held-out questions: pass@1 and cons@K over
   K samples at temperature 0.6 / top-p 0.95 (docs/EVALUATION.md), the share of completions in the
   R1 form (think block, then answer block, a summary allowed between: `format_lenient`), the
-  language consistency of the chain of thought (`language`), the mean length in tokens;
+  share that the readability rule accepts (`rewards.readability`: reasoning, summary, answer,
+  no stray token or repeated step), the language consistency of the chain of thought
+  (`language`, over the completions whose reasoning has words), the mean length in tokens;
 - general, the synthetic non-reasoning task: the share of sampled answers that are helpful
   and harmless, judged by the rules that generated the reward models' preference pairs.
+
+Every share comes with its standard error over questions (`KEY_se`: the per-question means'
+sample standard deviation / sqrt(questions), as for pass@1), printed as `value ± se`.
 """
 
 from __future__ import annotations
@@ -15,13 +20,25 @@ import json
 from pathlib import Path
 
 COLUMNS = [("pass@1", "pass@1", "{:.1%}"), ("cons", "cons@K", "{:.1%}"), ("format", "format", "{:.1%}"),
-           ("language", "language", "{:.2f}"), ("length", "length", "{:.1f}"), ("helpful", "helpful", "{:.1%}"),
-           ("harmless", "harmless", "{:.1%}")]
+           ("readable", "readable", "{:.1%}"), ("language", "language", "{:.2f}"), ("length", "length", "{:.1f}"),
+           ("helpful", "helpful", "{:.1%}"), ("harmless", "harmless", "{:.1%}")]
+
+
+def mean_se_by_question(values, questions) -> tuple[float | None, float | None]:
+    """(mean, SE) of per-question means: values None are left out, a question with none is too."""
+    from ..evaluation.estimators import mean_and_se
+
+    per: dict = {}
+    for v, q in zip(values, questions):
+        if v is not None:
+            per.setdefault(q, []).append(float(v))
+    if not per:
+        return None, None
+    return mean_and_se([sum(v) / len(v) for v in per.values()])
 
 
 def evaluate_model(s: dict, out: Path) -> dict:
     from ..evaluation.run import EvalSettings, run_eval
-    from ..metrics import mean
     from ..rewards import get_reward
 
     samples = int(s.get("samples", 8))
@@ -32,35 +49,38 @@ def evaluate_model(s: dict, out: Path) -> dict:
     res = run_eval(s["model"], [s.get("benchmark", "embedded")], out / "reasoning", settings, show_progress=False)
     bench = next(iter(res["benchmarks"].values()))
     rows = [json.loads(line) for line in (out / "reasoning" / "samples.jsonl").open()]
-    texts = [r["completion"] for r in rows]
-    language = [v for v in get_reward("language")(texts) if v is not None]
+    texts, ids = [r["completion"] for r in rows], [r["id"] for r in rows]
     m = {"model": s["model"], "pass@1": bench["pass@1"]["mean"], "pass@1_se": bench["pass@1"]["se"],
-         "cons@K": bench.get(f"cons@{samples}", {}).get("mean"), "K": samples,
-         "format": mean(get_reward("format_lenient")(texts)), "format_strict": bench["format_rate"],
-         "language": mean(language) if language else None, "length": bench["mean_length"],
+         "cons@K": bench.get(f"cons@{samples}", {}).get("mean"), "cons@K_se": bench.get(f"cons@{samples}", {}).get("se"),
+         "K": samples, "format_strict": bench["format_rate"], "length": bench["mean_length"],
          "reflection": bench["reflection_rate"], "n_questions": bench["n_questions"]}
+    for key, reward in (("format", "format_lenient"), ("readable", "readability"), ("language", "language")):
+        m[key], m[f"{key}_se"] = mean_se_by_question(get_reward(reward)(texts), ids)
+    m["mixed"], m["mixed_se"] = mean_se_by_question([float(v < 1.0) if v is not None else None
+                                                      for v in get_reward("language")(texts)], ids)
     if s.get("general"):
         m.update(_general(s, out))
     return m
 
 
 def _general(s: dict, out: Path) -> dict:
-    from ..metrics import mean
     from ..task.general import judge_harmless, judge_helpful
     from ..rollout.sample import SampleSettings, sample_answers  # deferred: it imports torch
 
-    rows = [json.loads(line) for line in Path(s["general"]).open() if line.strip()][: int(s.get("general_limit", 100))]
-    got = sample_answers(s["model"], rows, SampleSettings(n=int(s.get("general_samples", 2)), temperature=0.6,
+    rows = [json.loads(line) for line in Path(s["general"]).open() if line.strip()][: int(s.get("general_limit", 150))]
+    got = sample_answers(s["model"], rows, SampleSettings(n=int(s.get("general_samples", 4)), temperature=0.6,
                                                           top_p=0.95, max_new_tokens=int(s.get("max_new_tokens", 120)),
                                                           template=s.get("template", "r1_zero"), stop=[],
                                                           seed=int(s.get("seed", 0))))
-    helpful = [judge_helpful(x["question"], x["completion"]) for x in got]
-    harmless = [judge_harmless(x["completion"]) for x in got]
+    helpful = [float(judge_helpful(x["question"], x["completion"])) for x in got]
+    harmless = [float(judge_harmless(x["completion"])) for x in got]
     with (out / "general_samples.jsonl").open("w") as f:
         for x, h, k in zip(got, helpful, harmless):
             f.write(json.dumps({"question": x["question"], "completion": x["completion"], "helpful": h,
                                 "harmless": k}, ensure_ascii=False) + "\n")
-    return {"helpful": mean([float(h) for h in helpful]), "harmless": mean([float(k) for k in harmless])}
+    questions = [x["question"] for x in got]
+    (h, h_se), (k, k_se) = mean_se_by_question(helpful, questions), mean_se_by_question(harmless, questions)
+    return {"helpful": h, "helpful_se": h_se, "harmless": k, "harmless_se": k_se}
 
 
 def format_table(rows: list[tuple[str, dict]], k: int | None = None) -> str:
@@ -69,8 +89,10 @@ def format_table(rows: list[tuple[str, dict]], k: int | None = None) -> str:
     for name, m in rows:
         cells = [name]
         for _, key, fmt in COLUMNS:
-            v = m.get(key)
-            cells.append(fmt.format(v) if isinstance(v, (int, float)) else "–")
+            v, se = m.get(key), m.get(f"{key}_se")
+            cell = fmt.format(v) if isinstance(v, (int, float)) else "–"
+            cells.append(f"{cell} ± {fmt.format(se)}" if isinstance(v, (int, float)) and isinstance(se, (int, float))
+                         else cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ Registered:
 | `format_lenient` | the four tags once each, in order, text around allowed | `format` |
 | `tag_count` | 0.25 per tag present once and in order | `format` |
 | `language` | share of chain-of-thought words in the target language (R1 stage 2) | `language` |
+| `readability` | the readable form: reasoning, a summary, the answer, no stray tokens or repeated steps | `readability` |
 | `overlong` | DAPO's soft overlong punishment | `length` |
 | `cosine_length` | cosine length scaling (Yeo et al. 2025) | `length` |
 | `repetition` | n-gram repetition penalty (Yeo et al. 2025) | `repetition` |
@@ -48,6 +49,7 @@ from .length import cosine_length_reward, overlong_penalty_reward
 from .math import accuracy_reward
 from .model import harmlessness_reward, helpfulness_reward, reward_model_reward
 from .process_model import process_model_reward
+from .readability import readability_reward
 from .repetition import repetition_penalty_reward
 from .user import import_reward_module
 
@@ -60,6 +62,7 @@ REWARDS: dict[str, Reward] = {
     "format_lenient": format_lenient_reward,
     "tag_count": tag_count_reward,
     "language": language_consistency_reward,
+    "readability": readability_reward,
     "overlong": overlong_penalty_reward,
     "cosine_length": cosine_length_reward,
     "repetition": repetition_penalty_reward,

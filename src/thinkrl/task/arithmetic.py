@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 LEVELS = (1, 2, 3, 4)
@@ -113,6 +114,69 @@ def completion(a: int, b: int, kind: str, rng: random.Random | None = None) -> s
 
 def sample_kind(rng: random.Random) -> str:
     return rng.choices(list(TRACE_MIX), weights=list(TRACE_MIX.values()))[0]
+
+
+# ---------------------------------------------------------------------------- the base corpus's style
+
+# the second language of the corpus (R1-Zero mixed Chinese into English reasoning): its words
+# for the trace's words; the numbers stay as they are
+SECOND_LANGUAGE = {"carry": "进位", "wait": "等等", "so the answer is": "所以答案是"}
+# share of corpus traces with each flaw, drawn independently of the kind (see `corpus_completion`)
+STYLE_MIX = {"switch": 0.30, "stray": 0.08, "repeat": 0.08}
+STRAY = ("..", "##", "~~", ";;")
+_PHRASE = re.compile("|".join(sorted(map(re.escape, SECOND_LANGUAGE), key=len, reverse=True)))
+
+
+def carry_notes(think: str) -> str:
+    """The working with a carry note after every column whose sum is 10 or more
+    (`7+5=12 carry 4+8+1=13 carry 3+0+1=4`). The buggy trace notes the carry too, and then
+    forgets to add it; the reflective one notes it after its fix (`4+8=12 wait carry 4+8+1=13 carry`)."""
+    return re.sub(r"(=\d\d)(?= (?!wait)|$)", r"\1 carry", think)
+
+
+def switch_language(text: str, rng: random.Random) -> str:
+    """From a phrase drawn at random onwards, every English phrase of the trace (carry notes,
+    "wait", "so the answer is") in SECOND_LANGUAGE: a trace that starts in English and
+    switches (all of it when the first phrase is drawn)."""
+    spots = list(_PHRASE.finditer(text))
+    if not spots:
+        return text
+    start = spots[rng.randrange(len(spots))].start()
+    return text[:start] + _PHRASE.sub(lambda m: SECOND_LANGUAGE[m.group(0)], text[start:])
+
+
+def _flaw(think: str, flaw: str, rng: random.Random) -> str:
+    steps = think.split(" ")
+    i = rng.randrange(len(steps))
+    if flaw == "stray":  # a stray token between two steps
+        return " ".join(steps[:i] + [rng.choice(STRAY)] + steps[i:])
+    eq = [j for j, s in enumerate(steps) if "=" in s]  # "repeat": one equation written twice in a row
+    j = eq[rng.randrange(len(eq))]
+    return " ".join(steps[: j + 1] + [steps[j]] + steps[j + 1:])
+
+
+def corpus_completion(a: int, b: int, rng: random.Random) -> str:
+    """A completion of the base's pre-training corpus: a trace of a kind drawn from
+    TRACE_MIX, with carry notes, and each flaw of STYLE_MIX drawn independently: "switch"
+    (the words switch into the second language part-way, `switch_language`), "stray" (a stray
+    token between steps) and "repeat" (a step written twice). No trace has a summary before
+    its answer, as R1-Zero's had none."""
+    kind = sample_kind(rng)
+    flaws = [f for f, p in STYLE_MIX.items() if rng.random() < p]
+    if kind == "off_format":
+        think, answer = working(a, b, rng.choice(["correct", "buggy", "buggy"]))
+    else:
+        think, answer = working(a, b, kind)
+    think = carry_notes(think)
+    for flaw in ("stray", "repeat"):
+        if flaw in flaws:
+            think = _flaw(think, flaw, rng)
+    if kind == "off_format":
+        text = rng.choice([f" {think} <answer>{answer}</answer>", f" <think>{think}</think> {answer}",
+                           f" {think} so the answer is {answer}"])
+    else:
+        text = f" <think>{think}</think> <answer>{answer}</answer>"
+    return switch_language(text, rng) if "switch" in flaws else text
 
 
 def make_splits(seed: int = 0, n_train: int = 6000, n_test: int = 300, n_corpus: int = 40000,

@@ -36,6 +36,7 @@ import torch
 from ..policy import cache_kwarg, output_cache
 from ..template import render
 from . import arithmetic as ar
+from . import general as gen
 
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 EOS, PAD = "<|endoftext|>", "<|pad|>"
@@ -77,29 +78,33 @@ def build_model(tokenizer, seed: int, hidden: int = 128, layers: int = 4, heads:
     return model
 
 
-def encode_corpus(tokenizer, problems, seed: int):
-    """(prefix ids, {level: [(ids after the prefix, number of those that are prompt)]}).
+def encode_corpus(tokenizer, problems, seed: int, general: list[dict] = (), plain: bool = False):
+    """(prefix ids, {pool: [(ids after the prefix, number of those that are prompt)]}): a
+    pool per level of the arithmetic problems (completions by `arithmetic.corpus_completion`,
+    or with `plain` by `arithmetic.completion` of a kind drawn from TRACE_MIX), and "general" for the general rows ({question, response}) when there are any.
 
     Every prompt starts with the same template text up to "User:"; it is split off so that
     pre-training computes it once per step (see `pretrain`)."""
     rng = random.Random(seed + 1)
     prefix_text = render("{q}").split("{q}")[0].rstrip()
     prefix = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
-    by_level: dict[int, list] = {}
-    for p in problems:
-        ids = tokenizer(render(p["question"]), add_special_tokens=False)["input_ids"]
+    pools: dict = {}
+    texts = [(p["level"], p["question"], ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng) if plain
+              else ar.corpus_completion(p["a"], p["b"], rng)) for p in problems]
+    texts += [("general", r["question"], r["response"]) for r in general]
+    for pool, question, comp in texts:
+        ids = tokenizer(render(question), add_special_tokens=False)["input_ids"]
         if ids[: len(prefix)] != prefix:
             raise ValueError("the template prefix does not tokenize on its own; cannot share it")
-        comp = ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng)
         c_ids = tokenizer(comp, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         q_ids = ids[len(prefix):]
-        by_level.setdefault(p["level"], []).append((q_ids + c_ids, len(q_ids)))
-    return prefix, by_level
+        pools.setdefault(pool, []).append((q_ids + c_ids, len(q_ids)))
+    return prefix, pools
 
 
 def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, seed: int, pad_id: int, log_every: int = 100):
-    """Next-token loss on completions. Each batch holds one level (little padding); the
-    shared template prefix is run once per step without gradient and its KV cache reused by
+    """Next-token loss on completions. Each batch holds one pool, in turn (a level, or the
+    general rows: little padding); the shared template prefix is run once per step without gradient and its KV cache reused by
     the whole batch, which makes a step about 3x cheaper than running the full prompt."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -107,7 +112,7 @@ def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, se
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: (i + 1) / warm if i < warm else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
     model.train()
-    levels = sorted(by_level)
+    levels = list(by_level)
     P0, cache_arg = len(prefix), cache_kwarg(model)
     prefix_t = torch.tensor([prefix])
     losses = []
@@ -151,10 +156,15 @@ def answer_of(text: str) -> str | None:
 def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: int = 1, seed: int = 0) -> dict:
     """Accuracy (exact integer in the last <answer>) overall and by level; pass@samples when
     samples > 1; also the mean completion length in tokens by level, the share of
-    completions in the strict R1-Zero format, and the share that say "wait".
+    completions in the strict R1-Zero format, the share that say "wait", the language
+    consistency of the reasoning (`language`, mean over those with words), the share that mix
+    in the second language (`mixed`), and the share the readability rule accepts.
     Sampled by `rollout.sample.sample_answers`: 64 questions per generate call, one seeded
     generator (questions that do not fit the context are skipped and logged there)."""
+    from ..metrics import reflection_counts
     from ..rewards.format import format_reward
+    from ..rewards.language import language_consistency_reward
+    from ..rewards.readability import readability_reward
     from ..rollout.sample import SampleSettings, sample_answers
 
     s = SampleSettings(n=samples, temperature=temperature, top_p=top_p, max_new_tokens=96, template="r1_zero",
@@ -162,7 +172,8 @@ def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: i
     got = sample_answers("measure", rows, s, model_obj=model, tokenizer=tokenizer)
     texts = [g["completion"] for g in got]
     fmt = format_reward(texts)
-    wait = ["wait" in t for t in texts]
+    wait = [reflection_counts(t)["wait"] > 0 for t in texts]
+    language = [v for v in language_consistency_reward(texts) if v is not None]
     hits, any_hit, lens = {}, {}, {}
     for start in range(0, len(got), samples):  # a question's samples are contiguous
         group = got[start: start + samples]
@@ -179,15 +190,33 @@ def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: i
         res.update({f"pass@{samples}_level_{k}": mean(v) for k, v in sorted(any_hit.items())})
     res["format_ok"] = mean(fmt)
     res["says_wait"] = mean(wait)
+    res["language"] = mean(language) if language else None
+    res["mixed"] = mean([any(w in t for w in ar.SECOND_LANGUAGE.values()) for t in texts])
+    res["readable"] = mean(readability_reward(texts))
     res.update({f"length_level_{k}": round(sum(v) / len(v), 1) for k, v in sorted(lens.items())})
     return res
+
+
+def measure_general(model, tokenizer, split_seed: int, n: int = 150, samples: int = 2, seed: int = 0) -> dict:
+    """The shares of sampled answers (T 0.6, top-p 0.95, until EOS) to the general task's test
+    questions (`general.make_general_splits(split_seed, ..., n)`, none of which the corpus
+    holds) that are helpful and harmless by the task's rules."""
+    from ..rollout.sample import SampleSettings, sample_answers
+
+    _, test = gen.make_general_splits(split_seed, 1, n)
+    s = SampleSettings(n=samples, temperature=0.6, top_p=0.95, max_new_tokens=96, template="r1_zero", stop=[],
+                       batch_size=64 * samples, seed=seed, device="cpu")
+    got = sample_answers("measure", test, s, model_obj=model, tokenizer=tokenizer)
+    share = lambda v: round(sum(v) / max(1, len(v)), 4)  # noqa: E731
+    return {"helpful": share([gen.judge_helpful(g["question"], g["completion"]) for g in got]),
+            "harmless": share([gen.judge_harmless(g["completion"]) for g in got]), "samples": len(got)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="thinkrl build-tiny", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "tiny"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch-size", type=int, default=96)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--vocab-size", type=int, default=512)
@@ -198,6 +227,10 @@ def main(argv=None) -> int:
     ap.add_argument("--intermediate", type=int, default=512)
     ap.add_argument("--arch", choices=["qwen2", "llama"], default="qwen2",
                     help="qwen2: the embedded model; llama: the embedded student (assets/student)")
+    ap.add_argument("--corpus-style", choices=["r1zero", "plain"], default="r1zero",
+                    help="r1zero: traces with R1-Zero's flaws (language switches, stray tokens, repeated steps) and "
+                         "general rows (the embedded model); plain: clean traces, no general rows (the student)")
+    ap.add_argument("--general", type=int, default=8000, help="general rows in the corpus (r1zero style)")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--no-measure", action="store_true")
     args = ap.parse_args(argv)
@@ -207,16 +240,19 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     corpus, train, test = ar.make_splits(args.seed, n_corpus=args.corpus)
+    plain = args.corpus_style == "plain"
     rng = random.Random(args.seed)
-    # the template once, then questions and completions: merges go to what varies
-    tok_texts = [render("")] + [p["question"] + ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng)
-                                for p in corpus[:5000]]
+    # the template once, then questions and completions: merges go to what varies. The general
+    # rows stay out, so that their words are spelled one token per letter (task/general.py)
+    tok_texts = [render("")] + [p["question"] + (ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng) if plain
+                                                 else ar.corpus_completion(p["a"], p["b"], rng)) for p in corpus[:5000]]
     tokenizer = build_tokenizer(tok_texts, args.vocab_size)
     model = build_model(tokenizer, args.seed, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate,
                         arch=args.arch)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tokenizer: {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
-    prefix, by_level = encode_corpus(tokenizer, corpus, args.seed)
+    general = [] if plain else gen.base_rows(args.seed, args.general)
+    prefix, by_level = encode_corpus(tokenizer, corpus, args.seed, general, plain=plain)
     loss = pretrain(model, prefix, by_level, args.steps, args.batch_size, args.lr, args.seed, tokenizer.pad_token_id,
                     log_every=args.log_every)
     t_pre = time.time() - t0
@@ -226,13 +262,18 @@ def main(argv=None) -> int:
     ar.write_jsonl(train, out / "train.jsonl")
     ar.write_jsonl(test, out / "test.jsonl")
     info = {
-        "seed": args.seed, "arch": args.arch, "hidden": args.hidden, "layers": args.layers, "trace_mix": ar.TRACE_MIX, "levels": list(ar.LEVELS), "parameters": n_params,
+        "seed": args.seed, "arch": args.arch, "hidden": args.hidden, "layers": args.layers, "trace_mix": ar.TRACE_MIX,
+        "corpus_style": args.corpus_style, **({} if plain else {"style_mix": ar.STYLE_MIX, "general_rows": len(general),
+                                                                "general_helpful": gen.BASE_HELPFUL,
+                                                                "general_rude": gen.BASE_RUDE}),
+        "levels": list(ar.LEVELS), "parameters": n_params,
         "vocab_size": len(tokenizer), "corpus_problems": len(corpus), "train_problems": len(train),
         "test_problems": len(test), "pretrain_steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "final_loss": round(loss, 4), "pretrain_seconds": round(t_pre, 1),
         "base_accuracy_t0.6_top_p0.95": measure(model, tokenizer, test, 0.6, 0.95, seed=1),
         "base_accuracy_t1.0": measure(model, tokenizer, test, 1.0, 1.0, seed=2),
         "base_pass@8_t1.0_first100": measure(model, tokenizer, test[:100], 1.0, 1.0, samples=8, seed=3),
+        **({} if plain else {"base_general_t0.6_top_p0.95": measure_general(model, tokenizer, args.seed, seed=4)}),
         "command": "python -m thinkrl.task.build " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     (out / "build_info.json").write_text(json.dumps(info, indent=2))

@@ -206,6 +206,31 @@ def make_general_splits(seed: int, n_train: int, n_test: int) -> tuple[list[dict
     return train, test
 
 
+def base_rows(seed: int, n: int, n_test: int = 150) -> list[dict]:
+    """General rows for the embedded base's pre-training corpus, {question, response}: train
+    questions only (those of `make_general_splits(seed, ..., n_test)`'s test split never
+    appear), answered the way an untuned model would (`base_response`)."""
+    train, _ = make_general_splits(seed, n, n_test)
+    rng = random.Random(f"{seed}:base")
+    return [{"question": r["question"], "response": base_response(rng, *parse_question(r["question"]))} for r in train]
+
+
+# shares of the base corpus's general responses that are helpful, and that carry an insult
+BASE_HELPFUL, BASE_RUDE = 0.6, 0.3
+
+
+def base_response(rng: random.Random, kind: str, word: str) -> str:
+    """A response of the base corpus: helpful with probability BASE_HELPFUL (else one of the
+    unhelpful ones of `_unhelpful`), and with probability BASE_RUDE an insult inside its
+    reasoning (a reasoning block is made when there is none), so that the harm comes before
+    the answer, where a sampler that stops at `</answer>` still writes it."""
+    think = reasoning(kind, word) if rng.random() < 0.5 else None
+    text = response(KINDS[kind].output(word), think) if rng.random() < BASE_HELPFUL else _unhelpful(rng, kind, word, think)
+    if rng.random() < BASE_RUDE:
+        text = _insert(rng, text, rng.choice(INSULTING).format(rng.choice(INSULTS)), rng.choice(("think_start", "think_end")))
+    return text
+
+
 # ---------------------------------------------------------------------------- preferences
 
 
