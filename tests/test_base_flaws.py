@@ -4,11 +4,13 @@ them."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import statistics
 
 import pytest
+import torch
 
 from thinkrl.metrics import has_reflection, reflection_counts
 from thinkrl.pipeline import filters
@@ -144,3 +146,45 @@ def test_table_cells_show_value_plus_minus_se_and_parse_back():
     assert "| 30.0% ± 2.1% |" in text and "0.62 ± 0.01" in text and "| 40.0% |" in text and "| – |" in text
     cells = table_cells(text)
     assert cells[("base", "pass@1")] == "30.0% ± 2.1%" and cells[("base", "readable")] == "–"
+
+
+def test_helpfulness_pairs_hold_near_misses_that_the_rule_rejects():
+    rows, _ = G.make_general_splits(0, 700, 50)
+    pairs = G.preference_pairs(rows, 0, "helpfulness")
+    assert all(G.rule_decides(p, "helpfulness") for p in pairs)
+
+    def one_off(p):  # the rejected summary is the right output with one character changed
+        right = G.expected_output(p["prompt"])
+        got = re.sub(r"</?answer>", "", G.summary_of(p["rejected"])).strip()
+        return len(got) == len(right) and sum(a != b for a, b in zip(got, right)) == 1
+    share = sum(map(one_off, pairs)) / len(pairs)
+    assert 0.2 < share < 0.4, share  # 2 of the 7 error kinds (some counts are near misses by chance)
+    rng = random.Random(0)
+    for out in ("dog", "DOG", "d-o-g", "dog dog", "3", "1"):
+        miss = G.near_miss(rng, out)
+        assert miss != out and len(miss) == len(out)
+        if not out.isdigit():  # one letter changed, in the same case; the rest kept
+            assert sum(a != b for a, b in zip(miss, out)) == 1
+            assert all(a == b or (a.isalpha() and a.isupper() == b.isupper()) for a, b in zip(miss, out))
+
+
+# ---------------------------------------------------------------- the build
+
+
+def test_rebuilding_the_base_is_deterministic_and_records_its_flaws(tmp_path):
+    from safetensors.torch import load_file
+
+    from thinkrl.task.build import main as build
+
+    args = ["--steps", "4", "--corpus", "400", "--general", "80", "--batch-size", "8", "--threads", "1",
+            "--log-every", "2", "--no-measure"]
+    built = []
+    for name in ("a", "b"):
+        assert build(["--out", str(tmp_path / name), *args]) == 0
+        built.append(load_file(str(tmp_path / name / "model.safetensors")))
+        info = json.loads((tmp_path / name / "build_info.json").read_text())
+        assert info["corpus_style"] == "r1zero" and info["style_mix"] == ar.STYLE_MIX and info["general_rows"] == 80
+    assert built[0].keys() == built[1].keys()
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+    assert "base_accuracy_t1.0" not in info  # --no-measure

@@ -6,7 +6,8 @@ every stage, plus the distilled and the RL-only student), evaluated the same way
   R1 form (think block, then answer block, a summary allowed between: `format_lenient`), the
   share that the readability rule accepts (`rewards.readability`: reasoning, summary, answer,
   no stray token or repeated step), the language consistency of the chain of thought
-  (`language`, over the completions whose reasoning has words), the mean length in tokens;
+  (`language`, over the completions whose reasoning has words), the share whose reasoning has
+  a word of another language (`mixed`), the mean length in tokens;
 - general, the synthetic non-reasoning task: the share of sampled answers that are helpful
   and harmless, judged by the rules that generated the reward models' preference pairs.
 
@@ -20,7 +21,8 @@ import json
 from pathlib import Path
 
 COLUMNS = [("pass@1", "pass@1", "{:.1%}"), ("cons", "cons@K", "{:.1%}"), ("format", "format", "{:.1%}"),
-           ("readable", "readable", "{:.1%}"), ("language", "language", "{:.2f}"), ("length", "length", "{:.1f}"),
+           ("readable", "readable", "{:.1%}"), ("language", "language", "{:.2f}"), ("mixed", "mixed", "{:.1%}"),
+           ("length", "length", "{:.1f}"),
            ("helpful", "helpful", "{:.1%}"), ("harmless", "harmless", "{:.1%}")]
 
 

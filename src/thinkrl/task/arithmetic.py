@@ -22,17 +22,17 @@ model lacking the skill gained at most 8 points). The mix (see `TRACE_MIX`):
 - off-format: a correct or buggy trace without its <think> or <answer> tags, so that the
               format reward has something to teach.
 
+The shipped base's corpus also carries R1-Zero's flaws (`corpus_completion`, `STYLE_MIX`:
+carry notes, a switch into a second language, stray tokens, repeated steps, no summary), so
+that the later R1 stages have something to fix; docs/embedded-task.md has the design.
+
 Measured on the shipped model (seed 0, build_info.json; 300 held-out problems, so about
-3 points of standard error): accuracy 31.7% at temperature 0.6 / top-p 0.95 (levels 1-4:
-41/29/31/25%), 39.3% sampled at temperature 1.0 (45/45/36/31%), pass@8 at temperature
-1.0 98% (first 100 problems). Sampling at 0.6 sharpens the choice made at the first carry
-column towards the majority (buggy) trace, so the base looks weak at the evaluation
-temperature, while at the training temperature nearly every group of 8 holds a correct
-sample for the group advantage to select. Off-format traces are sharpened away at 0.6
-(format rate 100% there) but appear in about 10% of samples at temperature 1.0. With
-`thinkrl zero` (8 prompts x 8 samples, lr 2e-5, no KL) held-out accuracy went
-29% -> 76% -> 97% -> 99% at steps 0/50/100/150, the "wait" rate 14% -> 41-47%, and the
-mean completion length 30 -> 35 tokens, longest on level 4.
+3 points of standard error): accuracy 22.0% at temperature 0.6 / top-p 0.95 (levels 1-4:
+28/20/23/17%), 30.3% sampled at temperature 1.0, pass@8 at temperature 1.0 79% (first 100
+problems; level 4 48%). 29% of its answers at 0.6 mix in the second language, none is
+readable (no summary). With `thinkrl zero` (8 prompts x 8 samples, lr 2e-5, no KL) held-out
+accuracy went 21% -> 62% -> 81% -> 85% at steps 0/60/105/150; levels 1-3 reach 96-100%,
+level 4 45%, where the base misreads operand digits, a skill RL does not add.
 """
 
 from __future__ import annotations

@@ -28,8 +28,10 @@ Preference pairs (`preference_pairs`) have a `chosen` that satisfies the rule an
 `rejected` that violates it, so the rule decides every pair:
 
 - helpfulness: the rejected summary applies the wrong instruction, transforms another word,
-  or is empty; its reasoning is sometimes the chosen one's, word for word (only the summary
-  tells them apart), sometimes the reasoning of the wrong answer, sometimes absent.
+  is empty, or is a near miss (the right output with one letter wrong, a count off by one:
+  the mistakes a tiny policy makes, which a reward model must see to help stage 4); its
+  reasoning is sometimes the chosen one's, word for word (only the summary tells them
+  apart), sometimes the reasoning of the wrong answer, sometimes absent.
 - harmlessness: the same response twice, the rejected one with an insulting phrase inserted
   (at the start or end of the reasoning, sometimes only there, or after the summary); the
   chosen one sometimes gets a friendly phrase in the same places, so that length is no cue,
@@ -90,7 +92,9 @@ INSULTING = ("you {}", "what a {} question", "{}")  # an insult goes in the brac
 FRIENDLY = ("you pal", "my friend", "what a good question", "what a fun question", "happy to help", "sure")
 
 # how a rejected helpfulness response goes wrong, drawn uniformly from this list
-ERRORS = ("wrong_kind", "wrong_kind", "wrong_word", "wrong_word", "empty")
+ERRORS = ("wrong_kind", "wrong_kind", "wrong_word", "wrong_word", "empty", "near_miss", "near_miss")
+# how the base corpus's unhelpful answers go wrong (no near misses: those the tiny model makes itself)
+BASE_ERRORS = ("wrong_kind", "wrong_kind", "wrong_word", "wrong_word", "empty")
 
 _INSULT_RE = re.compile(r"\b(" + "|".join(INSULTS) + r")\b", re.IGNORECASE)
 
@@ -225,7 +229,8 @@ def base_response(rng: random.Random, kind: str, word: str) -> str:
     reasoning (a reasoning block is made when there is none), so that the harm comes before
     the answer, where a sampler that stops at `</answer>` still writes it."""
     think = reasoning(kind, word) if rng.random() < 0.5 else None
-    text = response(KINDS[kind].output(word), think) if rng.random() < BASE_HELPFUL else _unhelpful(rng, kind, word, think)
+    text = (response(KINDS[kind].output(word), think) if rng.random() < BASE_HELPFUL
+            else _unhelpful(rng, kind, word, think, BASE_ERRORS))
     if rng.random() < BASE_RUDE:
         text = _insert(rng, text, rng.choice(INSULTING).format(rng.choice(INSULTS)), rng.choice(("think_start", "think_end")))
     return text
@@ -234,12 +239,24 @@ def base_response(rng: random.Random, kind: str, word: str) -> str:
 # ---------------------------------------------------------------------------- preferences
 
 
-def _unhelpful(rng: random.Random, kind: str, word: str, correct_think: str | None) -> str:
+def near_miss(rng: random.Random, output: str) -> str:
+    """The output with one letter changed (same case), or a count off by one."""
+    if output.isdigit():
+        return str(int(output) + (1 if output == "1" or rng.random() < 0.5 else -1))
+    i = rng.choice([j for j, ch in enumerate(output) if ch.isalpha()])
+    pool = [c for c in "abcdefghijklmnopqrstuvwxyz" if c != output[i].lower()]
+    c = rng.choice(pool)
+    return output[:i] + (c.upper() if output[i].isupper() else c) + output[i + 1:]
+
+
+def _unhelpful(rng: random.Random, kind: str, word: str, correct_think: str | None, errors=ERRORS) -> str:
     """A harmless response whose summary violates the helpfulness rule."""
     right = KINDS[kind].output(word)
     while True:
-        mode = rng.choice(ERRORS)
-        if mode == "wrong_kind":
+        mode = rng.choice(errors)
+        if mode == "near_miss":  # the right output with one letter wrong: what a small model gets wrong
+            out, think = near_miss(rng, right), None
+        elif mode == "wrong_kind":
             other = rng.choice([k for k in KINDS if k != kind])
             out, think = KINDS[other].output(word), reasoning(other, word)
         elif mode == "wrong_word":
