@@ -20,6 +20,7 @@ from thinkrl.pipeline.coldstart import (ColdStartConfig, ReadableConfig, build_f
                                         few_shot_prompt, load_prompts, load_worked_examples, readable,
                                         resolve_model, run_coldstart, select, validate)
 from thinkrl.rewards import get_reward
+from thinkrl.pipeline.filters import unclean_steps
 from thinkrl.rewards.math import extract_answer
 
 ACC, STRICT, LENIENT = get_reward("accuracy"), get_reward("format"), get_reward("format_lenient")
@@ -127,7 +128,8 @@ def test_select_on_real_outputs_keeps_only_correct_well_formed_samples(embedded_
     kept, dropped = select(samples, {r["id"]: r for r in rows}, cfg)
     completions = [s["completion"] for s in samples]
     good = [s for s, f, a in zip(samples, STRICT(completions), ACC(completions, answer=[s["row"]["answer"] for s in samples]))
-            if f == 1.0 and a == 1.0 and s["finish_reason"] == "stop"]
+            if f == 1.0 and a == 1.0 and s["finish_reason"] == "stop" and not unclean_steps(s["completion"])]
+    assert dropped["unclean_steps"] > 0  # the base writes stray tokens and repeated steps now and then
     assert [(r["source"]["prompt_id"], r["source"]["sample_index"]) for r in kept] == \
         [(s["prompt_id"], s["sample_index"]) for s in good]
     assert len(kept) + sum(dropped.values()) == len(samples)

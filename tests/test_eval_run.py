@@ -112,7 +112,8 @@ def test_analyze_tables_and_plots_from_metrics(tmp_path):
 
 def test_analyze_a_zero_run(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["zero", "--steps", "2", "--out", str(run), "--no-progress", "eval.every=1", "data.eval_size=16",
+    # 64 questions: enough for the base (about 7% reflective at T 0.6) to write a reflective word
+    assert main(["zero", "--steps", "2", "--out", str(run), "--no-progress", "eval.every=1", "data.eval_size=64",
                  "train.save_every=0"]) == 0
     assert main(["analyze", str(run)]) == 0
     printed = capsys.readouterr().out

@@ -186,7 +186,8 @@ def test_run_reject_with_an_untrained_judge_reports_malformed_verdicts(untrained
     cfg.prompts.limit, cfg.sampling.n = 6, 2
     cfg.judge.method, cfg.judge.model, cfg.judge.max_new_tokens = "judge", untrained_judge, 16
     report = run_reject(cfg, tmp_path)
-    judged = report["sampled"] - sum(v for k, v in report["dropped"].items() if k in ("truncated", "bad_format"))
+    before_the_judge = ("truncated", "bad_format", "mixed_language", "overlong_paragraph", "broken_code", "unclean_steps")
+    judged = report["sampled"] - sum(v for k, v in report["dropped"].items() if k in before_the_judge)
     assert judged > 0
     assert report["kept"] == 0
     assert report["malformed_verdicts"] == report["dropped"]["malformed_verdict"] == judged

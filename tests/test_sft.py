@@ -140,8 +140,8 @@ def test_shared_prefix_gives_the_same_loss_and_gradient_on_the_r1_zero_template(
     del grads[2]
     for loss, g in grads[1:]:
         assert loss == pytest.approx(grads[0][0], rel=1e-6)
-        for a, b in zip(g, grads[0][1]):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        for a, b in zip(g, grads[0][1]):  # float32 sums in another order: a relative error near 1e-6
+            assert (a - b).norm() <= 1e-4 * b.norm() + 1e-9, ((a - b).norm(), b.norm())
 
 
 # ---------------------------------------------------------------------------- chat format
@@ -285,7 +285,7 @@ def test_end_to_end_lowers_the_loss_and_the_final_model_loads(tmp_path, capsys):
     assert all(k in rows[1] for k in ("loss", "lr", "tokens", "epoch"))
     model = load_model(summary["final_dir"], CPU, requires_grad=False)
     tok = load_tokenizer(summary["final_dir"])
-    assert tok.eos_token_id == load_tokenizer("embedded").eos_token_id and model.config.vocab_size == 406
+    assert tok.eos_token_id == load_tokenizer("embedded").eos_token_id and model.config.vocab_size == len(tok)
     assert (out / "config.yaml").exists() and json.loads((out / "summary.json").read_text())["final_dir"]
     shutil.rmtree(out / "final")
     assert cli_main(["sft", "--out", str(out), "--resume"]) == 0  # a finished run: resuming writes final/ again

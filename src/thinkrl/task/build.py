@@ -78,10 +78,18 @@ def build_model(tokenizer, seed: int, hidden: int = 128, layers: int = 4, heads:
     return model
 
 
+def corpus_trace(problem: dict, rng: random.Random, plain: bool) -> str:
+    """A pre-training completion of an arithmetic problem: with R1-Zero's flaws
+    (`arithmetic.corpus_completion`), or with `plain` a clean trace of a kind drawn from
+    TRACE_MIX (the corpus before the flaws, which the student is built on)."""
+    a, b = problem["a"], problem["b"]
+    return ar.completion(a, b, ar.sample_kind(rng), rng) if plain else ar.corpus_completion(a, b, rng)
+
+
 def encode_corpus(tokenizer, problems, seed: int, general: list[dict] = (), plain: bool = False):
     """(prefix ids, {pool: [(ids after the prefix, number of those that are prompt)]}): a
-    pool per level of the arithmetic problems (completions by `arithmetic.corpus_completion`,
-    or with `plain` by `arithmetic.completion` of a kind drawn from TRACE_MIX), and "general" for the general rows ({question, response}) when there are any.
+    pool per level of the arithmetic problems (completions by `corpus_trace`), and "general"
+    for the general rows ({question, response}) when there are any.
 
     Every prompt starts with the same template text up to "User:"; it is split off so that
     pre-training computes it once per step (see `pretrain`)."""
@@ -89,8 +97,7 @@ def encode_corpus(tokenizer, problems, seed: int, general: list[dict] = (), plai
     prefix_text = render("{q}").split("{q}")[0].rstrip()
     prefix = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
     pools: dict = {}
-    texts = [(p["level"], p["question"], ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng) if plain
-              else ar.corpus_completion(p["a"], p["b"], rng)) for p in problems]
+    texts = [(p["level"], p["question"], corpus_trace(p, rng, plain)) for p in problems]
     texts += [("general", r["question"], r["response"]) for r in general]
     for pool, question, comp in texts:
         ids = tokenizer(render(question), add_special_tokens=False)["input_ids"]
@@ -104,8 +111,9 @@ def encode_corpus(tokenizer, problems, seed: int, general: list[dict] = (), plai
 
 def pretrain(model, prefix, by_level, steps: int, batch_size: int, lr: float, seed: int, pad_id: int, log_every: int = 100):
     """Next-token loss on completions. Each batch holds one pool, in turn (a level, or the
-    general rows: little padding); the shared template prefix is run once per step without gradient and its KV cache reused by
-    the whole batch, which makes a step about 3x cheaper than running the full prompt."""
+    general rows: little padding); the shared template prefix is run once per step without
+    gradient and its KV cache reused by the whole batch, which makes a step about 3x cheaper
+    than running the full prompt."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warm = max(1, steps // 20)
@@ -157,8 +165,9 @@ def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: i
     """Accuracy (exact integer in the last <answer>) overall and by level; pass@samples when
     samples > 1; also the mean completion length in tokens by level, the share of
     completions in the strict R1-Zero format, the share that say "wait", the language
-    consistency of the reasoning (`language`, mean over those with words), the share that mix
-    in the second language (`mixed`), and the share the readability rule accepts.
+    consistency of the reasoning (`language`, mean over those with words), the share whose
+    reasoning has a word of another language (`mixed`), and the share the readability rule
+    accepts.
     Sampled by `rollout.sample.sample_answers`: 64 questions per generate call, one seeded
     generator (questions that do not fit the context are skipped and logged there)."""
     from ..metrics import reflection_counts
@@ -173,7 +182,8 @@ def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: i
     texts = [g["completion"] for g in got]
     fmt = format_reward(texts)
     wait = [reflection_counts(t)["wait"] > 0 for t in texts]
-    language = [v for v in language_consistency_reward(texts) if v is not None]
+    consistency = language_consistency_reward(texts)
+    language = [v for v in consistency if v is not None]
     hits, any_hit, lens = {}, {}, {}
     for start in range(0, len(got), samples):  # a question's samples are contiguous
         group = got[start: start + samples]
@@ -191,7 +201,7 @@ def measure(model, tokenizer, rows, temperature: float, top_p: float, samples: i
     res["format_ok"] = mean(fmt)
     res["says_wait"] = mean(wait)
     res["language"] = mean(language) if language else None
-    res["mixed"] = mean([any(w in t for w in ar.SECOND_LANGUAGE.values()) for t in texts])
+    res["mixed"] = mean([v is not None and v < 1.0 for v in consistency])  # a word of another language
     res["readable"] = mean(readability_reward(texts))
     res.update({f"length_level_{k}": round(sum(v) / len(v), 1) for k, v in sorted(lens.items())})
     return res
@@ -244,8 +254,7 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     # the template once, then questions and completions: merges go to what varies. The general
     # rows stay out, so that their words are spelled one token per letter (task/general.py)
-    tok_texts = [render("")] + [p["question"] + (ar.completion(p["a"], p["b"], ar.sample_kind(rng), rng) if plain
-                                                 else ar.corpus_completion(p["a"], p["b"], rng)) for p in corpus[:5000]]
+    tok_texts = [render("")] + [p["question"] + corpus_trace(p, rng, plain) for p in corpus[:5000]]
     tokenizer = build_tokenizer(tok_texts, args.vocab_size)
     model = build_model(tokenizer, args.seed, hidden=args.hidden, layers=args.layers, intermediate=args.intermediate,
                         arch=args.arch)
