@@ -106,10 +106,15 @@ def completion(a: int, b: int, kind: str, rng: random.Random | None = None) -> s
     if kind == "off_format":
         rng = rng or random.Random(0)
         think, answer = working(a, b, rng.choice(["correct", "buggy", "buggy"]))
-        return rng.choice([f" {think} <answer>{answer}</answer>", f" <think>{think}</think> {answer}",
-                           f" {think} so the answer is {answer}"])
+        return _off_format(think, answer, rng)
     think, answer = working(a, b, kind)
     return f" <think>{think}</think> <answer>{answer}</answer>"
+
+
+def _off_format(think: str, answer: str, rng: random.Random) -> str:
+    """The working and answer with a tag missing (one of three ways, drawn)."""
+    return rng.choice([f" {think} <answer>{answer}</answer>", f" <think>{think}</think> {answer}",
+                       f" {think} so the answer is {answer}"])
 
 
 def sample_kind(rng: random.Random) -> str:
@@ -172,8 +177,7 @@ def corpus_completion(a: int, b: int, rng: random.Random) -> str:
         if flaw in flaws:
             think = _flaw(think, flaw, rng)
     if kind == "off_format":
-        text = rng.choice([f" {think} <answer>{answer}</answer>", f" <think>{think}</think> {answer}",
-                           f" {think} so the answer is {answer}"])
+        text = _off_format(think, answer, rng)
     else:
         text = f" <think>{think}</think> <answer>{answer}</answer>"
     return switch_language(text, rng) if "switch" in flaws else text
