@@ -56,10 +56,11 @@ def evaluate_model(s: dict, out: Path) -> dict:
          "cons@K": bench.get(f"cons@{samples}", {}).get("mean"), "cons@K_se": bench.get(f"cons@{samples}", {}).get("se"),
          "K": samples, "format_strict": bench["format_rate"], "length": bench["mean_length"],
          "reflection": bench["reflection_rate"], "n_questions": bench["n_questions"]}
-    for key, reward in (("format", "format_lenient"), ("readable", "readability"), ("language", "language")):
-        m[key], m[f"{key}_se"] = mean_se_by_question(get_reward(reward)(texts), ids)
-    m["mixed"], m["mixed_se"] = mean_se_by_question([float(v < 1.0) if v is not None else None
-                                                      for v in get_reward("language")(texts)], ids)
+    language = get_reward("language")(texts)
+    per_sample = {"format": get_reward("format_lenient")(texts), "readable": get_reward("readability")(texts),
+                  "language": language, "mixed": [None if v is None else float(v < 1.0) for v in language]}
+    for key, values in per_sample.items():
+        m[key], m[f"{key}_se"] = mean_se_by_question(values, ids)
     if s.get("general"):
         m.update(_general(s, out))
     return m
