@@ -373,17 +373,18 @@ def _shared_prompt_logprobs(model, batch: SequenceBatch, inverse: torch.Tensor, 
     parts, rows = [], []
     for bucket in length_buckets(lengths):
         idx = torch.tensor(bucket, device=inverse.device)
+        prompt_of = inverse[idx]  # row i of the bucket attends to its prompt's keys/values
         Cb = max(1, max(lengths[i] for i in bucket))
         view = copy.copy(cache)  # its own cache object (a checkpointed layer's replay reads it again)
         view.layers = [copy.copy(layer) for layer in cache.layers]
-        for layer in view.layers:  # row i of the bucket attends to its prompt's keys/values
-            layer.keys, layer.values = layer.keys[inverse[idx]], layer.values[inverse[idx]]
+        for layer in view.layers:
+            layer.keys, layer.values = layer.keys[prompt_of], layer.values[prompt_of]
         rest = read_cache(model, view, input_ids=batch.completion_ids[idx, :Cb],
                           attention_mask=batch.attention_mask[idx, :P + Cb],
                           position_ids=n_prompt[idx] + torch.arange(Cb, device=n_prompt.device))
         if rest is None:
             return None
-        logits = torch.cat([out.logits[:, -1:][inverse[idx]], rest.logits[:, :-1]], dim=1)
+        logits = torch.cat([out.logits[:, -1:][prompt_of], rest.logits[:, :-1]], dim=1)
         parts.append(F.pad(_token_logprobs(logits, batch.completion_ids[idx, :Cb], temperature), (0, C - Cb)))
         rows.extend(bucket)
     return torch.cat(parts)[torch.tensor(rows, device=inverse.device).argsort()]  # back to the batch's order
