@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .engine import Pending, Rollouts, SamplingParams
-from .kv import make_decoder
+from .kv import StaticKV, make_decoder
 
 
 def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None):
@@ -133,6 +133,14 @@ class HFEngine:
         ids, attn = ids.to(dev), attn.to(dev)
         pos = (attn.cumsum(-1) - 1).clamp_(min=0)
         decoder = make_decoder(self.model, prompt_ids[0], P + params.max_new_tokens, dev, self.decoder)
+        # StaticKV only reads the weights, so its loop may skip autograd's bookkeeping of views and
+        # versions (about 10% of a small model's decode step); transformers' forward may update a
+        # buffer (a dynamic rotary table), which must not become an inference tensor
+        with torch.inference_mode(isinstance(decoder, StaticKV)):
+            return self._sample(decoder, ids, attn, pos, prompt_ids, params, generator)
+
+    def _sample(self, decoder, ids, attn, pos, prompt_ids, params, generator) -> Rollouts:
+        dev, n, B = self.device, params.n, len(prompt_ids)
         logits = decoder.prefill(ids, attn, pos)
         if n > 1:
             decoder.repeat(n)
