@@ -83,7 +83,7 @@ class ReferenceSampler:
             x = x + F.linear(F.silu(gate) * up, w["down"], w["down_b"])
         return F.linear(self._rms(x, self.norm), self.head)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompts, G, max_new_tokens, temperature, stop_ids, generator=None, record=None):
         """G completions per prompt (token lists, a prompt's G contiguous). stop_ids: EOS and stop token
         ids. record: a list to which (rows, logits) of the prefill and of each decode step are appended."""
