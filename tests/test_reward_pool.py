@@ -68,3 +68,36 @@ def test_time_limits_hold_off_the_main_thread(pool):
     th.start()
     th.join(timeout=30)
     assert result["out"][0].status == "timeout"
+
+
+def test_prestarted_workers_start_at_once_and_serve_the_first_map():
+    p = WorkerPool(workers=2, memory_mb=1024)
+    try:
+        p.prestart(1)
+        [w] = p._starting
+        assert w.proc.poll() is None  # launched before any task, not waited for
+        assert [o.value for o in p.map(pow, [(3, 2)], timeout_s=10)] == [9]
+        assert [x.proc.pid for x in p._idle] == [w.proc.pid] and not p._starting  # no second process
+        p.prestart(5)  # never more than the pool's size in all
+        assert len(p._idle) + len(p._starting) == 2
+        assert [o.value for o in p.map(pow, [(2, 5), (2, 6)], timeout_s=10)] == [32, 64]
+        assert len(p._idle) == 2 and not p._starting
+    finally:
+        p.close()
+    assert not p._idle and not p._starting
+
+
+def test_weighted_rewards_warm_up_launches_the_math_worker():
+    from thinkrl.rewards.combine import WeightedRewards
+    from thinkrl.rewards.pool import shared_pool
+
+    pool = shared_pool("math_verify", 1)  # this size is used by no other test
+    assert not pool._idle and not pool._starting
+    rewards = WeightedRewards({"accuracy": 1.0, "format": 1.0}, {"accuracy": {"workers": 1}})
+    rewards.warm_up()
+    assert len(pool._starting) == 1
+    # an answer that is not a plain number goes to that worker
+    _, per = rewards(["<think>x</think> <answer>6/2</answer>"], [{"answer": "3"}])
+    assert per["accuracy"] == [1.0] and len(pool._idle) == 1 and not pool._starting
+    WeightedRewards({"accuracy": 1.0}, {"accuracy": {"workers": 0}}).warm_up()  # in-process: nothing to start
+    assert len(pool._idle) == 1 and not pool._starting

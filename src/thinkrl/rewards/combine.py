@@ -109,6 +109,16 @@ class WeightedRewards:
 
             self.ray_pool = shared_ray_pool(ray_actors, ray_address, ray_num_cpus)
 
+    def warm_up(self) -> None:
+        """Let each built-in reward with a `warm_up(**settings)` start what it will need (its
+        worker processes) now, in the background, rather than at the first batch that needs it."""
+        if self.ray_pool is not None:  # the Ray actors start their own
+            return
+        for name, fn in self.fns.items():
+            hook = getattr(fn, "warm_up", None) if self.builtin[name] else None
+            if hook is not None:
+                hook(**self.params[name])
+
     def _run(self, name: str, completions: list[str], kwargs: dict, per_row: set[str] = frozenset()) -> list[Scored]:
         if self.ray_pool is not None:
             return self.ray_pool.run(run_reward, name, completions, kwargs, per_row, self.timeout_s, self.isolate)
@@ -173,6 +183,10 @@ class TypedRewards:
     @staticmethod
     def _key(kind, name: str) -> str:
         return name if kind is None else f"{kind}/{name}"
+
+    def warm_up(self) -> None:
+        for rewards in self.sets.values():
+            rewards.warm_up()
 
     def kind_of(self, row: dict):
         kind = row.get(self.type_field)

@@ -373,3 +373,15 @@ def accuracy_reward(completions: list[str], answer: list | None = None, source: 
         elif verdict == "different":
             out[i] = Scored(0.0, f"{pred} is not {gold}")
     return [Scored(1.0) if s is None else s for s in out]
+
+
+def _warm_up(workers: int | None = None, **_settings) -> None:
+    """Launch one verification worker now (`WorkerPool.prestart`), so that its start-up overlaps
+    the trainer's instead of stalling the first batch with an answer that is not a plain number."""
+    if workers != 0:
+        from .pool import shared_pool
+
+        shared_pool("math_verify", workers).prestart(1)
+
+
+accuracy_reward.warm_up = _warm_up  # called by WeightedRewards.warm_up with the reward's settings

@@ -123,7 +123,7 @@ class HFEngine:
             self.model.train(was_training)
 
     def _generate(self, prompt_ids, params, generator) -> Rollouts:
-        dev, n = self.device, params.n
+        dev = self.device
         B, P = len(prompt_ids), max(len(p) for p in prompt_ids)
         ids = torch.full((B, P), self.pad_id, dtype=torch.long)
         attn = torch.zeros((B, P), dtype=torch.long)

@@ -113,6 +113,8 @@ class StepSampling:
                 if rw.weights else None
         self.step_rewards = WeightedStepRewards(rw.step_weights, rw.params, rw.step_split, rw.timeout_s, rw.on_error,
                                                 rw.isolate) if cfg.objective.advantage == "process" else None
+        if self.rewards is not None:
+            self.rewards.warm_up()  # reward workers start while the run gets ready, not at its first odd answer
         self.in_flight = []  # asynchronous rollouts: generations submitted for the coming steps
 
     def close_sampling(self) -> None:
