@@ -91,7 +91,8 @@ def test_weighted_rewards_warm_up_launches_the_math_worker():
     from thinkrl.rewards.combine import WeightedRewards
     from thinkrl.rewards.pool import shared_pool
 
-    pool = shared_pool("math_verify", 1)  # this size is used by no other test
+    pool = shared_pool("math_verify", 1)
+    pool.close()  # other tests may have started its worker; a closed pool starts again when used
     assert not pool._idle and not pool._starting
     rewards = WeightedRewards({"accuracy": 1.0, "format": 1.0}, {"accuracy": {"workers": 1}})
     rewards.warm_up()
