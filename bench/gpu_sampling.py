@@ -37,12 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_step import EOS_ID, QWEN25_05B, SPECIALS, TINY, machine, write_model  # noqa: E402
 
 
-def timed(fn, sync) -> float:
+def timed(fn, sync) -> tuple[float, int]:
+    """(seconds, fn()) with the device synchronised before and after."""
     sync()
     t = time.perf_counter()
-    fn()
+    out = fn()
     sync()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, out
 
 
 def main(argv=None) -> int:
@@ -81,10 +82,10 @@ def main(argv=None) -> int:
         report["model"] = write_model(Path(tmp), shape)
         tokenizer = load_tokenizer(tmp)
         base = load_model(tmp, dev)  # fp32, requires_grad: as the trainer's policy
+        batch = torch.tensor(ids, device=dev)
         for dtype in args.dtypes.split(","):
             model = base if dtype == "float32" else load_model(tmp, dev, requires_grad=False).to(getattr(torch, dtype))
             engine = make_engine("hf", model, tokenizer, dev)
-            batch = torch.tensor(ids, device=dev)
             params = SamplingParams(n=group, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new, stop=[])
 
             def hf(cache):
@@ -104,10 +105,9 @@ def main(argv=None) -> int:
                     runs[name]()  # warm-up (and the engine's first-use check)
                     if on_gpu:
                         torch.cuda.reset_peak_memory_stats()
-                    box: dict = {}
-                    secs = [timed(lambda: box.update(tokens=runs[name]()), sync) for _ in range(args.repeats)]
-                    res = {"seconds": statistics.median(secs), "new_tokens": box["tokens"],
-                           "tokens_per_s": box["tokens"] / statistics.median(secs), "all_seconds": secs}
+                    secs, tokens = zip(*(timed(runs[name], sync) for _ in range(args.repeats)))
+                    res = {"seconds": statistics.median(secs), "new_tokens": tokens[-1],
+                           "tokens_per_s": tokens[-1] / statistics.median(secs), "all_seconds": list(secs)}
                     if on_gpu:
                         res["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 except Exception as e:  # one sampler failing must not hide the others' numbers
@@ -115,8 +115,6 @@ def main(argv=None) -> int:
                 report["results"][f"{dtype}/{name}"] = res
                 print(f"{dtype:9} {name:11} " + (f"{res['tokens_per_s']:10.0f} tokens/s  {res['seconds']:.2f} s"
                                                if "error" not in res else res["error"]), file=sys.stderr)
-            if model is not base:
-                del model
     text = json.dumps(report, indent=1, default=str)
     print(text)
     if args.out:
